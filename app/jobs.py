@@ -1,0 +1,49 @@
+"""The example's long tasks: run in the request (/job1, /job2) or after the response (/job)."""
+
+import math
+from functools import partial
+
+from flask import Blueprint, abort, current_app, jsonify, request
+
+from app import tasks
+
+bp = Blueprint("jobs", __name__)
+
+
+def seconds_arg(default: float) -> float:
+    """The `seconds` query argument: a number from 0 to JOB_MAX_SECONDS, else a 400."""
+    limit = current_app.config["JOB_MAX_SECONDS"]
+    raw = request.args.get("seconds")
+    if raw is None:
+        return min(default, limit)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= limit:  # also false for nan
+        abort(400, description=f"seconds must be a number from 0 to {limit:g}, got {raw[:40]!r}")
+    return seconds
+
+
+@bp.get("/job1")
+def job1():
+    return jsonify(tasks.job1(seconds_arg(default=10)))
+
+
+@bp.get("/job2")
+def job2():
+    missing = [name for name in ("arg1", "arg2") if name not in request.args]
+    if missing:
+        abort(400, description=f"missing query argument: {', '.join(missing)} (e.g. /job2?arg1=hello&arg2=123)")
+    return jsonify(tasks.job2(request.args["arg1"], request.args["arg2"], seconds_arg(default=5)))
+
+
+@bp.get("/job")
+def job_in_background():
+    """Start job1 and job2 after the response; their start and end go to the app's log."""
+    calls = {
+        "job1": partial(tasks.job1, seconds_arg(default=10)),
+        "job2": partial(tasks.job2, "background", "job", seconds_arg(default=5)),
+    }
+    current_app.extensions["background_tasks"].submit(calls)
+    return jsonify(started=list(calls)), 202

@@ -1,0 +1,1 @@
+"""The stack around the app: configuration, nginx settings, supervisord extension, health check."""

@@ -1,0 +1,49 @@
+"""gunicorn's settings in the container. Values that users tune come from deploy.settings
+(environment variables, validated there); `gunicorn --print-config` shows the result."""
+
+from deploy.settings import LOG_DIR, RUN_DIR, Settings
+
+settings = Settings.from_env()
+
+# --- Server socket ---------------------------------------------------------------------
+# A unix socket: only nginx, in the same container, can reach gunicorn.
+bind = f"unix:{RUN_DIR}/gunicorn.sock"
+backlog = 2048  # connections nginx may queue while every worker is busy
+
+# --- Worker processes ------------------------------------------------------------------
+wsgi_app = settings.app_module
+worker_class = "gevent"  # one event loop per worker: slow I/O waits without holding the worker
+workers = settings.web_concurrency
+worker_connections = settings.worker_connections
+timeout = settings.timeout
+graceful_timeout = settings.graceful_timeout
+worker_tmp_dir = "/dev/shm"  # the heartbeat file: memory, not the container's disk
+
+# --- Server mechanics ------------------------------------------------------------------
+pidfile = f"{RUN_DIR}/gunicorn.pid"
+proc_name = "gunicorn"
+control_socket_disable = True  # supervisord controls gunicorn: no second control interface
+
+# --- Logging ---------------------------------------------------------------------------
+loglevel = settings.log_level
+errorlog = f"{LOG_DIR}/gunicorn/error.log"
+accesslog = f"{LOG_DIR}/gunicorn/access.log"
+# The client as the app sees it: nginx's X-Real-IP, the address ProxyFix also derives.
+# The request id matches nginx's access log.
+access_log_format = '%({x-real-ip}i)s %(t)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}i)s'
+# The app's own log (the root logger, so a user's app needs no setup). A WatchedFileHandler
+# reopens the file when it is rotated away. gunicorn's loggers keep their own files.
+logconfig_dict = {
+    "root": {"level": settings.log_level.upper(), "handlers": ["app_file"]},
+    "loggers": {},
+    "handlers": {
+        "app_file": {
+            "class": "logging.handlers.WatchedFileHandler",
+            "filename": f"{LOG_DIR}/app/app.log",
+            "formatter": "app",
+        },
+    },
+    "formatters": {
+        "app": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
+    },
+}

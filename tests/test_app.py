@@ -1,0 +1,152 @@
+import dataclasses
+import ipaddress
+import socket
+import time
+
+import pytest
+
+from app import create_app, network
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_debug_is_off(app):
+    assert app.debug is False
+
+
+def test_job1_runs_in_the_request(client):
+    started = time.monotonic()
+    response = client.get("/job1?seconds=0.2")
+    assert time.monotonic() - started >= 0.2
+    assert response.status_code == 200
+    assert response.json == {"task": "job1", "seconds": 0.2}
+
+
+def test_job2_echoes_its_arguments(client):
+    response = client.get("/job2?arg1=hello&arg2=123&seconds=0")
+    assert response.status_code == 200
+    assert response.json == {"task": "job2", "arg1": "hello", "arg2": "123", "seconds": 0.0}
+
+
+def test_job2_names_missing_arguments(client):
+    response = client.get("/job2?arg1=hello&seconds=0")
+    assert response.status_code == 400
+    assert "arg2" in response.json["message"]
+
+
+def test_default_seconds_are_capped_by_the_bound(settings):
+    # job1 lasts 10 s by default: never longer than JOB_MAX_SECONDS.
+    client = create_app(dataclasses.replace(settings, job_max_seconds=0.1)).test_client()
+    assert client.get("/job1").json == {"task": "job1", "seconds": 0.1}
+
+
+@pytest.mark.parametrize("seconds", ["abc", "-1", "5.01", "1e9", "nan", "inf", "-inf", "", "0x10", "1 2"])
+def test_bad_seconds_is_a_json_400(client, seconds):
+    for path in ("/job1", "/job2?arg1=a&arg2=b&", "/job"):
+        separator = "" if path.endswith("&") else "?"
+        response = client.get(f"{path}{separator}seconds={seconds}")
+        assert response.status_code == 400, path
+        assert response.json["error"] == "Bad Request"
+        assert "seconds must be a number from 0 to 5" in response.json["message"]
+
+
+def test_background_job_answers_at_once_and_logs_start_and_end(client, caplog):
+    caplog.set_level("INFO")
+    started = time.monotonic()
+    response = client.get("/job?seconds=0.3")
+    assert time.monotonic() - started < 0.25
+    assert response.status_code == 202
+    assert response.json == {"started": ["job1", "job2"]}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sum("finished" in m for m in caplog.messages) < 2:
+        time.sleep(0.05)
+    messages = caplog.messages
+    for name in ("job1", "job2"):
+        assert f"background task {name} started" in messages
+        assert any(m.startswith(f"background task {name} finished") for m in messages)
+
+
+def test_background_tasks_are_bounded(client):
+    # The test bound is 4 tasks per worker; each /job starts 2.
+    assert client.get("/job?seconds=1").status_code == 202
+    assert client.get("/job?seconds=1").status_code == 202
+    response = client.get("/job?seconds=1")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert "at most 4 background tasks" in response.json["message"]
+
+
+def test_unknown_path_and_wrong_method_are_json(client):
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.json["error"] == "Not Found"
+    response = client.post("/healthz")
+    assert response.status_code == 405
+    assert response.json["error"] == "Method Not Allowed"
+    assert "GET" in response.headers["Allow"]
+
+
+def test_unexpected_error_is_a_json_500_without_traceback(app, caplog):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    assert response.json["error"] == "Internal Server Error"
+    assert b"secret detail" not in response.data
+    assert "secret detail" in caplog.text  # logged for the operator
+
+
+# --- The address logic: nginx appends the peer to X-Forwarded-For; the app trusts one hop ---
+
+def test_client_is_the_hop_nginx_added(client):
+    response = client.get("/ip", environ_base={"REMOTE_ADDR": "127.0.0.1"},
+                          headers={"X-Forwarded-For": "203.0.113.9"})
+    assert response.json["client_ip"] == "203.0.113.9"
+    assert response.json["forwarded_for"] == ["203.0.113.9"]
+
+
+def test_a_spoofed_forwarded_for_is_not_believed(client):
+    # The client sent "X-Forwarded-For: 6.6.6.6"; nginx appended the real peer.
+    response = client.get("/ip", environ_base={"REMOTE_ADDR": "127.0.0.1"},
+                          headers={"X-Forwarded-For": "6.6.6.6, 198.51.100.7"})
+    assert response.json["client_ip"] == "198.51.100.7"
+    assert response.json["forwarded_for"] == ["6.6.6.6", "198.51.100.7"]
+
+
+def test_without_a_proxy_the_peer_is_the_client(client):
+    response = client.get("/ip", environ_base={"REMOTE_ADDR": "192.0.2.33"})
+    assert response.json["client_ip"] == "192.0.2.33"
+    assert response.json["forwarded_for"] == []
+
+
+def test_forwarded_proto_and_host_are_trusted_one_hop(app):
+    @app.get("/url")
+    def url():
+        from flask import request
+        return {"url": request.url}
+
+    response = app.test_client().get("/url", headers={
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"})
+    assert response.json["url"] == "https://api.example.com/url"
+
+
+def test_host_ip_is_an_address_of_this_host(client):
+    host_ip = client.get("/ip").json["host_ip"]
+    ipaddress.ip_address(host_ip)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host_ip, 0))  # only an address of this host can be bound
+
+
+def test_host_ip_falls_back_when_there_is_no_route(monkeypatch):
+    class NoRoute(socket.socket):
+        def connect(self, address):
+            raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(network.socket, "socket", NoRoute)
+    assert network.outward_address() == "127.0.0.1"

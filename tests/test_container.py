@@ -1,0 +1,164 @@
+"""The image from outside: real containers running nginx, gunicorn and supervisord, real HTTP."""
+
+import ipaddress
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.containers import docker
+
+IMAGE_USER_UID = 10001
+
+
+def test_endpoints_through_nginx(containers):
+    container = containers.start()
+
+    health = container.get("/healthz")
+    assert (health.status, health.json()) == (200, {"status": "ok"})
+    assert health.headers["Content-Type"] == "application/json"
+    assert health.headers["Server"] == "nginx"  # no version
+    assert re.fullmatch(r"[0-9a-f]{32}", health.headers["X-Request-ID"])
+
+    job1 = container.get("/job1?seconds=0.2")
+    assert (job1.status, job1.json()) == (200, {"task": "job1", "seconds": 0.2})
+
+    job2 = container.get("/job2?arg1=hello&arg2=123&seconds=0.1")
+    assert job2.json() == {"task": "job2", "arg1": "hello", "arg2": "123", "seconds": 0.1}
+
+    started = time.monotonic()
+    background = container.get("/job?seconds=2")
+    assert (background.status, background.json()) == (202, {"started": ["job1", "job2"]})
+    assert time.monotonic() - started < 1
+
+    ip = container.get("/ip").json()
+    assert set(ip) == {"client_ip", "forwarded_for", "host_ip"}
+    ipaddress.ip_address(ip["host_ip"])
+
+
+def test_bad_input_is_a_json_4xx_never_a_5xx(containers):
+    container = containers.start()
+    for path in ("/job1?seconds=abc", "/job1?seconds=-1", "/job1?seconds=61", "/job1?seconds=nan",
+                 "/job2?arg1=a&arg2=b&seconds=1e9", "/job2?arg1=a", "/job?seconds=inf"):
+        response = container.get(path)
+        assert response.status == 400, path
+        assert response.json()["error"] == "Bad Request", path
+    assert container.get("/no/such/page").status == 404
+    wrong_method = container.get("/healthz", method="DELETE")
+    assert (wrong_method.status, wrong_method.json()["error"]) == (405, "Method Not Allowed")
+
+
+def test_client_cannot_forge_its_address(containers):
+    container = containers.start()
+    honest = container.get("/ip").json()
+    spoofed = container.get("/ip", headers={"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6"}).json()
+    assert honest["client_ip"] != "6.6.6.6"
+    assert spoofed["client_ip"] == honest["client_ip"]
+    # nginx appended the real peer to the chain the client sent.
+    assert spoofed["forwarded_for"] == ["6.6.6.6", honest["client_ip"]]
+
+
+def test_trusted_proxies_let_a_load_balancer_name_the_client(containers):
+    # From the container's side the test is the peer: make it the trusted load balancer.
+    peer = containers.start().get("/ip").json()["client_ip"]
+    container = containers.start(env={"TRUSTED_PROXIES": peer})
+    # The load balancer appended the real client (203.0.113.7) to what its client sent.
+    seen = container.get("/ip", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}).json()
+    assert seen["client_ip"] == "203.0.113.7"
+
+
+def wait_for_line(path: Path, pattern: str, deadline: float = 10) -> str:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if re.search(pattern, line):
+                    return line
+        time.sleep(0.1)
+    raise AssertionError(f"no line matching {pattern!r} in {path} within {deadline} s:\n"
+                         f"{path.read_text() if path.exists() else '(missing)'}")
+
+
+def owners(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_uid for path in [folder, *folder.rglob("*")]}
+
+
+def test_logs_land_on_the_volume_owned_by_the_folder_owner(containers, log_dir):
+    container = containers.start(logs=log_dir)
+    response = container.get("/ip", headers={"X-Forwarded-For": "6.6.6.6"})
+    request_id, client_ip = response.headers["X-Request-ID"], response.json()["client_ip"]
+    container.get("/job?seconds=0.1")
+
+    nginx_line = wait_for_line(log_dir / "nginx/access.log", request_id)
+    assert nginx_line.startswith(f"{client_ip} ")  # the peer
+    assert 'xff="6.6.6.6"' in nginx_line and '"GET /ip HTTP/1.1" 200' in nginx_line
+    assert re.search(r"urt=\d+\.\d+", nginx_line)  # upstream time
+    gunicorn_line = wait_for_line(log_dir / "gunicorn/access.log", request_id)
+    assert gunicorn_line.startswith(f"{client_ip} ")  # the client as the app sees it
+    wait_for_line(log_dir / "app/app.log", "background task job1 started")
+    wait_for_line(log_dir / "app/app.log", "background task job2 finished")
+    wait_for_line(log_dir / "gunicorn/error.log", "Booting worker")
+    wait_for_line(log_dir / "supervisord.log", "spawned: 'nginx'")
+    assert (log_dir / "nginx/error.log").exists()
+
+    owner = log_dir.stat().st_uid
+    assert owner != 0
+    assert set(owners(log_dir).values()) == {owner}, owners(log_dir)
+
+
+def processes(container) -> list[tuple[int, str]]:
+    rows = docker("top", container.id, "-o", "uid,pid,args").stdout.splitlines()[1:]
+    return [(int(uid), args) for uid, _, args in (row.split(None, 2) for row in rows)]
+
+
+def test_nothing_runs_as_root(containers):
+    running = processes(containers.start())
+    command_lines = "\n".join(args for _, args in running)
+    for program in ("bin/supervisord", "bin/gunicorn", "nginx: master", "nginx: worker"):
+        assert program in command_lines
+    assert all(uid == IMAGE_USER_UID for uid, _ in running), running
+
+
+def test_runs_with_the_docker_user_option(containers, log_dir):
+    owner = f"{log_dir.stat().st_uid}:{log_dir.stat().st_gid}"
+    container = containers.start("--user", owner, logs=log_dir)
+    assert container.get("/healthz").status == 200
+    assert all(uid == log_dir.stat().st_uid for uid, _ in processes(container))
+    assert set(owners(log_dir).values()) == {log_dir.stat().st_uid}
+
+
+def test_a_root_owned_folder_is_given_to_the_image_user(containers, tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    if os.getuid() != 0:
+        # Only root can make a root-owned folder: let Docker make it, as it does for a
+        # `-v` path that does not exist yet.
+        folder.rmdir()
+    container = containers.start(logs=folder)
+    container.get("/healthz")
+    wait_for_line(folder / "nginx/access.log", "/healthz")
+    assert set(owners(folder).values()) == {IMAGE_USER_UID}
+
+
+def test_an_unwritable_log_folder_stops_the_container_with_a_message(containers, tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir(mode=0o555)
+    try:
+        container = containers.start("--user", "12345:12345", logs=folder, wait=False)
+        assert container.wait_for_exit(deadline=30) != 0
+        assert "/var/log/app is not writable by uid 12345" in container.logs()
+    finally:
+        folder.chmod(0o755)
+
+
+def test_hundreds_of_slow_requests_are_served_at_once(containers):
+    container = containers.start()
+    count = 300
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        started = time.monotonic()
+        statuses = list(pool.map(lambda _: container.get("/job1?seconds=1", timeout=30).status, range(count)))
+        elapsed = time.monotonic() - started
+    print(f"{count} concurrent 1-s requests through nginx: {elapsed:.2f} s")
+    assert statuses == [200] * count
+    assert elapsed < 3, f"{count} concurrent 1-s requests took {elapsed:.2f} s; served one after another they take {count} s"

@@ -1,0 +1,66 @@
+"""supervisord in the real container: restarts, FATAL exits, bad configuration, graceful stop."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.containers import docker
+
+
+def wait_until_replaced(container, pidfile: str, old_pid: int, deadline: float = 20) -> int:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        pid = int(container.exec("cat", pidfile, check=False).stdout or 0)
+        if pid not in (0, old_pid):
+            container.wait_until_serving(deadline=end - time.monotonic())
+            return pid
+        time.sleep(0.2)
+    raise AssertionError(f"{pidfile} still names {old_pid} after {deadline} s:\n{container.logs()}")
+
+
+@pytest.mark.parametrize("program", ["gunicorn", "nginx"])
+def test_a_killed_master_is_restarted(containers, log_dir, program):
+    container = containers.start(logs=log_dir)
+    pidfile = f"/run/flask-stack/{program}.pid"
+    old_pid = container.main_process_pid(pidfile)
+    container.exec("sh", "-c", f"kill -9 {old_pid}")  # the shell's kill: the image has no procps
+    wait_until_replaced(container, pidfile, old_pid)
+    assert container.get("/job1?seconds=0").status == 200
+    supervisord_log = (log_dir / "supervisord.log").read_text()
+    assert f"exited: {program} (terminated by SIGKILL" in supervisord_log
+    # Its orphaned workers were killed too, so the new master could take over the socket.
+    assert f"killed what was left of {program}'s process group {old_pid}" in supervisord_log
+    assert container.state()["Running"]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("WEB_CONCURRENCY", "abc"),
+    ("TRUSTED_PROXIES", "load-balancer"),
+    ("LOG_LEVEL", "chatty"),
+])
+def test_a_bad_variable_stops_the_container_at_once_naming_it(containers, name, value):
+    container = containers.start(env={name: value}, wait=False)
+    assert container.wait_for_exit(deadline=20) == 2
+    assert f"configuration error: {name}='{value}' is not valid: expected" in container.logs()
+
+
+def test_an_app_that_cannot_load_makes_the_container_exit_non_zero(containers, log_dir):
+    container = containers.start(env={"APP_MODULE": "no_such_module:app"}, logs=log_dir, wait=False)
+    assert container.wait_for_exit(deadline=90) == 1
+    assert "gunicorn entered FATAL" in container.logs()
+    assert "No module named 'no_such_module'" in (log_dir / "gunicorn/error.log").read_text()
+
+
+def test_docker_stop_finishes_the_request_in_flight_and_exits_0(containers):
+    container = containers.start()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(container.get, "/job1?seconds=3")
+        time.sleep(1)  # the request is now waiting inside gunicorn
+        started = time.monotonic()
+        docker("stop", container.id, timeout=60)
+        stop_took = time.monotonic() - started
+        response = in_flight.result(timeout=10)
+    assert (response.status, response.json()) == (200, {"task": "job1", "seconds": 3.0})
+    assert container.state()["ExitCode"] == 0
+    assert stop_took < 10, f"docker stop took {stop_took:.1f} s: Docker kills at 10 s"

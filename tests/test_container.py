@@ -112,12 +112,38 @@ def processes(container) -> list[tuple[int, str]]:
     return [(int(uid), args) for uid, _, args in (row.split(None, 2) for row in rows)]
 
 
-def test_nothing_runs_as_root(containers):
-    running = processes(containers.start())
+def listening_tcp_ports(container) -> set[int]:
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in container.exec("cat", table).stdout.splitlines()[1:]:
+            local_address, state = row.split()[1], row.split()[3]
+            if state == "0A":  # LISTEN
+                ports.add(int(local_address.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_security_defaults(containers):
+    container = containers.start()
+    # Only nginx listens on TCP; gunicorn and supervisord's control interface are unix sockets.
+    assert listening_tcp_ports(container) == {80}
+    status = container.exec("supervisorctl", "status", check=False).stdout
+    # A program is STARTING for its first `startsecs` (gunicorn: 5 s), then RUNNING.
+    for program in ("gunicorn", "nginx"):
+        assert re.search(rf"{program} +(STARTING|RUNNING)", status), status
+    socket_mode = container.exec("stat", "-c", "%a %u", "/run/flask-stack/supervisor.sock").stdout.split()
+    assert socket_mode == ["700", str(IMAGE_USER_UID)]
+
+    running = processes(container)
     command_lines = "\n".join(args for _, args in running)
     for program in ("bin/supervisord", "bin/gunicorn", "nginx: master", "nginx: worker"):
         assert program in command_lines
     assert all(uid == IMAGE_USER_UID for uid, _ in running), running
+
+
+def test_app_module_points_gunicorn_at_another_app(containers):
+    # A factory call, as a user's own package would be named: myservice:create_app().
+    container = containers.start(env={"APP_MODULE": "app:create_app()"})
+    assert container.get("/healthz").json() == {"status": "ok"}
 
 
 def test_runs_with_the_docker_user_option(containers, log_dir):

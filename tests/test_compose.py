@@ -1,0 +1,58 @@
+"""`docker compose up --build` with the project's compose.yaml serves the same stack."""
+
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.containers import Container
+
+
+def compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if os.environ.get("CI") == "true":
+        pytest.fail("neither `docker compose` nor `docker-compose` is installed: CI must test compose.yaml")
+    pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_compose_up_serves_the_stack(image, log_dir, tmp_path):
+    # The override only adapts compose.yaml to the test: logs in a temporary folder, and a
+    # build that can reach a mirror served on the host's loopback (as the image fixture's).
+    override = tmp_path / "compose.test.yaml"
+    override.write_text(
+        "services:\n"
+        "  web:\n"
+        "    build:\n"
+        "      network: host\n"
+        f"    image: flask-stack:compose-test\n"
+        "    volumes:\n"
+        f"      - {log_dir}:/var/log/app\n")
+    port = free_port()
+    compose = [*compose_command(), "-p", f"flaskstacktest{os.getpid()}",
+               "-f", str(ROOT / "compose.yaml"), "-f", str(override)]
+    env = {**os.environ, "HOST_PORT": f"127.0.0.1:{port}"}
+    try:
+        up = subprocess.run([*compose, "up", "-d", "--build"], env=env, capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        container_id = subprocess.run([*compose, "ps", "-q", "web"], env=env, capture_output=True,
+                                      text=True, check=True).stdout.strip()
+        container = Container(container_id)
+        container.wait_until_serving()
+        assert container.port == port
+        job = container.get("/job2?arg1=hello&arg2=123&seconds=0.1")
+        assert job.json() == {"task": "job2", "arg1": "hello", "arg2": "123", "seconds": 0.1}
+        assert "/job2?arg1=hello" in (log_dir / "nginx/access.log").read_text()
+    finally:
+        subprocess.run([*compose, "down", "-v", "--rmi", "all"], env=env, capture_output=True, timeout=120)

@@ -20,7 +20,8 @@ RUN set -eux; \
     useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin app; \
     install -d -m 1777 /run/flask-stack; \
-    install -d -o app -g app /var/log/app
+    install -d -o app -g app /var/log/app; \
+    install -d -o app -g app -m 1777 /var/lib/app
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/srv \
@@ -36,7 +37,7 @@ RUN set -eux; \
     gunicorn --version; \
     nginx -v
 
-COPY deploy/docker-entrypoint.sh /usr/local/bin/
+COPY deploy/docker-entrypoint.sh deploy/reload deploy/rotate-logs /usr/local/bin/
 COPY gunicorn_config.py nginx.conf supervisord.conf /srv/
 COPY deploy /srv/deploy
 COPY app /srv/app

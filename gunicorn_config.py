@@ -19,6 +19,13 @@ timeout = settings.timeout
 graceful_timeout = settings.graceful_timeout
 worker_tmp_dir = "/dev/shm"  # the heartbeat file: memory, not the container's disk
 
+# --- Worker recycling ------------------------------------------------------------------
+# A worker that has served max_requests finishes its requests and is replaced, so a leak in
+# the app cannot grow for ever. The jitter (up to 10% more, random per worker) keeps the
+# workers from being replaced all at once. 0: never.
+max_requests = settings.max_requests
+max_requests_jitter = settings.max_requests // 10
+
 # --- Server mechanics ------------------------------------------------------------------
 pidfile = f"{RUN_DIR}/gunicorn.pid"
 proc_name = "gunicorn"
@@ -29,8 +36,8 @@ loglevel = settings.log_level
 errorlog = f"{LOG_DIR}/gunicorn/error.log"
 accesslog = f"{LOG_DIR}/gunicorn/access.log"
 # The client as the app sees it: nginx's X-Real-IP, the address ProxyFix also derives.
-# The request id matches nginx's access log.
-access_log_format = '%({x-real-ip}i)s %(t)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}i)s'
+# The request id matches nginx's access log; pid is the worker that served it.
+access_log_format = '%({x-real-ip}i)s %(t)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}i)s pid=%(p)s'
 # The app's own log (the root logger, so a user's app needs no setup). A WatchedFileHandler
 # reopens the file when it is rotated away. gunicorn's loggers keep their own files.
 logconfig_dict = {

@@ -3,8 +3,9 @@
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import errors, health, jobs, network
+from app import cpu, errors, health, jobs, jobs_api, network
 from app.background import BackgroundTasks
+from app.job_queue import JobQueue
 from deploy.settings import Settings
 
 
@@ -17,6 +18,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         JOB_MAX_SECONDS=settings.job_max_seconds,
     )
     app.extensions["background_tasks"] = BackgroundTasks(settings.background_tasks_max, app.logger)
+    app.extensions["job_queue"] = JobQueue(settings)
+    cpu.size_threadpool(settings.cpu_threads)
 
     # Exactly one proxy (nginx) stands in front: trust one hop of each X-Forwarded-* header.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
@@ -24,5 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(jobs_api.bp)
+    app.register_blueprint(cpu.bp)
     app.register_blueprint(network.bp)
     return app

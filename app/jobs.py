@@ -12,16 +12,17 @@ bp = Blueprint("jobs", __name__)
 
 def seconds_arg(default: float) -> float:
     """The `seconds` query argument: a number from 0 to JOB_MAX_SECONDS, else a 400."""
-    limit = current_app.config["JOB_MAX_SECONDS"]
     raw = request.args.get("seconds")
     if raw is None:
-        return min(default, limit)
+        return min(default, current_app.config["JOB_MAX_SECONDS"])
     try:
         seconds = float(raw)
     except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds <= limit:  # also false for nan
-        abort(400, description=f"seconds must be a number from 0 to {limit:g}, got {raw[:40]!r}")
+        seconds = math.nan  # refused below, as are inf and out-of-range values
+    try:
+        tasks.check_seconds({"seconds": seconds}, current_app.config)
+    except ValueError as error:
+        abort(400, description=f"{error}, got {raw[:40]!r}")
     return seconds
 
 

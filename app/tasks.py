@@ -1,17 +1,44 @@
-"""The example's slow work: stand-ins for a model call or a batch job that waits on I/O.
+"""The example's work: stand-ins for a batch job that waits on I/O and for model inference.
 
 Under gunicorn's gevent worker `time.sleep` yields to the event loop, so one worker serves
-other requests while these wait.
+other requests while job1 and job2 wait. `digest` computes: in a request it must run in an
+OS thread (app/cpu.py); in the job queue, a process or thread consumer runs it.
+The three are also registered as durable jobs (POST /jobs).
 """
 
+import hashlib
 import time
 
+from app.job_queue import jobs
 
-def job1(seconds: float) -> dict:
+MAX_DIGEST_ROUNDS = 5_000_000
+
+
+def check_seconds(args: dict, config: dict) -> None:
+    limit = config["JOB_MAX_SECONDS"]
+    if "seconds" in args and not 0 <= args["seconds"] <= limit:
+        raise ValueError(f"seconds must be a number from 0 to {limit:g}")
+
+
+def check_rounds(args: dict, config: dict) -> None:
+    if not 1 <= args["rounds"] <= MAX_DIGEST_ROUNDS:
+        raise ValueError(f"rounds must be a whole number from 1 to {MAX_DIGEST_ROUNDS}")
+
+
+@jobs.task(check=check_seconds)
+def job1(seconds: float = 10) -> dict:
     time.sleep(seconds)
     return {"task": "job1", "seconds": seconds}
 
 
-def job2(arg1: str, arg2: str, seconds: float) -> dict:
+@jobs.task(check=check_seconds)
+def job2(arg1: str, arg2: str, seconds: float = 5) -> dict:
     time.sleep(seconds)
     return {"task": "job2", "arg1": arg1, "arg2": arg2, "seconds": seconds}
+
+
+@jobs.task(check=check_rounds)
+def digest(rounds: int) -> dict:
+    """CPU-bound: PBKDF2-SHA256 for `rounds` iterations (OpenSSL, outside the GIL)."""
+    key = hashlib.pbkdf2_hmac("sha256", b"flask-stack", b"example-salt", rounds)
+    return {"task": "digest", "rounds": rounds, "digest": key.hex()}

@@ -3,6 +3,8 @@
 Run by the entrypoint before anything starts: `python -m deploy.configure [OUTPUT_DIR]`.
 Exit status 2 and one line per bad variable on stderr when the configuration is unusable.
 nginx cannot read environment variables, so nginx.conf includes the two files written here.
+On stdout: which supervisord programs start for ROLE, as NAME=true|false words for the
+entrypoint to export (supervisord.conf reads them as %(ENV_NAME)s).
 """
 
 import os
@@ -36,6 +38,12 @@ def nginx_http_settings(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
+def program_switches(settings: Settings) -> str:
+    web = settings.role in ("all", "web")
+    jobs = settings.role in ("all", "worker")
+    return f"WEB_AUTOSTART={str(web).lower()} JOBS_AUTOSTART={str(jobs).lower()}"
+
+
 def write_nginx_settings(settings: Settings, directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     for name, text in (("main.conf", nginx_main_settings(settings)),
@@ -52,6 +60,7 @@ def main(argv: list[str]) -> int:
             print(f"configuration error: {line}", file=sys.stderr)
         return 2
     write_nginx_settings(settings, argv[1] if len(argv) > 1 else os.path.join(RUN_DIR, "nginx"))
+    print(program_switches(settings))
     return 0
 
 

@@ -4,6 +4,7 @@
 set -eu
 
 LOG_DIR=/var/log/app
+DATA_DIR=/var/lib/app
 IMAGE_USER=app
 
 say() { echo "docker-entrypoint: $*" >&2; }
@@ -20,20 +21,26 @@ if [ "${1:-}" = supervisord ]; then
                 owner="$(id -u "$IMAGE_USER"):$(id -g "$IMAGE_USER")"
                 ;;
         esac
+        # The job queue's folder follows, unless its owner was chosen (a mounted host folder).
+        case "$(stat -c %u "$DATA_DIR")" in
+            0|"$(id -u "$IMAGE_USER")") chown "$owner" "$DATA_DIR" ;;
+        esac
         # The user must be able to reopen the container's stdout and stderr by name.
         chown "$owner" /proc/self/fd/1 /proc/self/fd/2 2>/dev/null || true
         exec setpriv --reuid="${owner%:*}" --regid="${owner#*:}" --clear-groups -- "$0" "$@"
     fi
 
     # Every variable is checked before anything starts; a bad one stops the container here.
-    python3 -m deploy.configure
+    # What it prints says which programs supervisord starts (ROLE).
+    switches=$(python3 -m deploy.configure)
+    export $switches
 
     if ! grep -q " $LOG_DIR " /proc/self/mountinfo; then
         say "warning: no volume is mounted at $LOG_DIR; the logs stay inside the container" \
             "(docker run -v \"\$PWD/logs:$LOG_DIR\" ...)"
     fi
-    mkdir -p "$LOG_DIR/nginx" "$LOG_DIR/gunicorn" "$LOG_DIR/app" 2>/dev/null || true
-    unwritable=$(find "$LOG_DIR" -maxdepth 2 ! -writable -print -quit)
+    mkdir -p "$LOG_DIR/nginx" "$LOG_DIR/gunicorn" "$LOG_DIR/app" "$LOG_DIR/jobs" 2>/dev/null || true
+    unwritable=$(find "$LOG_DIR" "$DATA_DIR" -maxdepth 2 ! -writable -print -quit)
     if [ -n "$unwritable" ]; then
         say "error: $unwritable is not writable by uid $(id -u) gid $(id -g)." \
             "Make the mounted folder writable by that user (chown), or run without --user."

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 LOG_DIR = "/var/log/app"
 RUN_DIR = "/run/flask-stack"
+DATA_DIR = "/var/lib/app"
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -100,6 +101,25 @@ def nginx_size(raw: str) -> str:
     raise ValueError("a size in bytes with an optional k, m or g suffix, e.g. 10m (0: no limit)")
 
 
+def size_in_bytes(raw: str) -> int:
+    match = re.fullmatch(r"(\d+)([kmg]?)", raw.strip().lower())
+    if match:
+        return int(match[1]) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[match[2]]
+    raise ValueError("a size in bytes with an optional k, m or g suffix, e.g. 50m")
+
+
+def redis_url(raw: str) -> str:
+    if raw.strip() == "" or re.fullmatch(r"(rediss?|unix)://\S+", raw.strip()):
+        return raw.strip()
+    raise ValueError("redis://[:password@]host[:port][/db], rediss://... or unix:///path, or empty for SQLite")
+
+
+def absolute_path(raw: str) -> str:
+    if raw.strip().startswith("/"):
+        return raw.strip()
+    raise ValueError("an absolute path")
+
+
 def networks(raw: str) -> tuple[str, ...]:
     items = [item for item in re.split(r"[,\s]+", raw.strip()) if item]
     try:
@@ -145,6 +165,26 @@ VARIABLES = (
              "largest `seconds` the example /job1 and /job2 accept"),
     Variable("BACKGROUND_TASKS_MAX", whole_number(1, 10_000), _fixed("100"),
              "background tasks (/job) each worker holds at once (more: 503)"),
+    Variable("MAX_REQUESTS", whole_number(0, 10_000_000), _fixed("10000"),
+             "requests a gunicorn worker serves before it is replaced, plus up to 10% jitter (0: never)"),
+    Variable("LOG_ROTATE_SIZE", size_in_bytes, _fixed("50m"),
+             "size past which a log of nginx, gunicorn or the app is rotated (0: only by `rotate-logs`)"),
+    Variable("LOG_ROTATE_KEEP", whole_number(1, 1000), _fixed("5"),
+             "rotated files kept of each log (access.log.1 is the newest)"),
+    Variable("ROLE", one_of("all", "web", "worker"), _fixed("all"),
+             "programs the container runs: all (nginx, gunicorn, job consumer), web (no consumer), worker (consumer only)"),
+    Variable("REDIS_URL", redis_url, _fixed(""),
+             "the job queue's Redis, shared by several containers (default: SQLite in JOB_DATABASE)"),
+    Variable("JOB_DATABASE", absolute_path, _fixed(f"{DATA_DIR}/jobs.db"),
+             "the job queue's SQLite file when REDIS_URL is not set; mount a volume at its folder"),
+    Variable("JOB_WORKERS", whole_number(1, 64), _fixed("2"),
+             "jobs the consumer runs at once"),
+    Variable("JOB_WORKER_TYPE", one_of("thread", "process", "greenlet"), _fixed("thread"),
+             "how the consumer runs them: process for CPU-bound jobs, thread or greenlet for I/O-bound"),
+    Variable("JOB_QUEUE_MAX", whole_number(1, 1_000_000), _fixed("1000"),
+             "jobs waiting in the queue before POST /jobs answers 503"),
+    Variable("CPU_THREADS", whole_number(1, 64), lambda: str(usable_cpus()),
+             "OS threads per web worker for CPU-heavy work in a request (default: usable CPUs)"),
 )
 
 
@@ -162,6 +202,16 @@ class Settings:
     trusted_proxies: tuple[str, ...]
     job_max_seconds: float
     background_tasks_max: int
+    max_requests: int
+    log_rotate_size: int
+    log_rotate_keep: int
+    role: str
+    redis_url: str
+    job_database: str
+    job_workers: int
+    job_worker_type: str
+    job_queue_max: int
+    cpu_threads: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":

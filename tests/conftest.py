@@ -23,9 +23,10 @@ def scrub_stack_environment(monkeypatch):
 
 
 @pytest.fixture
-def settings():
-    """The defaults, with a low job bound so that tests stay short."""
-    return dataclasses.replace(Settings.from_env({}), job_max_seconds=5, background_tasks_max=4)
+def settings(tmp_path):
+    """The defaults, with a low job bound so that tests stay short and a job queue in tmp_path."""
+    return dataclasses.replace(Settings.from_env({}), job_max_seconds=5, background_tasks_max=4,
+                               job_database=str(tmp_path / "jobs.db"))
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 
 
-def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
+def docker(*args: str, timeout: float = 60, check: bool = True,
+           input_text: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          check=check, input=input_text)
 
 
 def docker_available() -> bool:
@@ -54,6 +56,12 @@ class Container:
 
     def get(self, path: str, **kwargs) -> Response:
         return self.request(path, **kwargs)
+
+    def restart(self) -> None:
+        """`docker restart`; Docker publishes port 80 on a new host port."""
+        docker("restart", self.id, timeout=60)
+        self._port = None
+        self.wait_until_serving()
 
     def state(self) -> dict:
         return json.loads(docker("inspect", "--format", "{{json .State}}", self.id).stdout)

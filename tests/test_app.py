@@ -150,3 +150,16 @@ def test_host_ip_falls_back_when_there_is_no_route(monkeypatch):
 
     monkeypatch.setattr(network.socket, "socket", NoRoute)
     assert network.outward_address() == "127.0.0.1"
+
+
+def test_cpu_work_answers_with_its_result(client):
+    response = client.get("/cpu?rounds=1000")
+    assert response.status_code == 200
+    assert response.json["rounds"] == 1000 and len(response.json["digest"]) == 64
+
+
+@pytest.mark.parametrize("rounds", ["0", "-5", "abc", "1.5", "99999999", ""])
+def test_cpu_work_refuses_bad_rounds(client, rounds):
+    response = client.get(f"/cpu?rounds={rounds}")
+    assert response.status_code == 400
+    assert "rounds must be a whole number from 1 to 5000000" in response.json["message"]

@@ -50,3 +50,11 @@ def test_log_level_names_map_to_nginx_levels():
                                ("error", "error"), ("critical", "crit")]:
         main = nginx_main_settings(Settings.from_env({"LOG_LEVEL": level}))
         assert f"error.log {nginx_level};" in main
+
+
+def test_role_selects_the_programs_supervisord_starts(tmp_path):
+    for role, switches in [("all", "WEB_AUTOSTART=true JOBS_AUTOSTART=true"),
+                           ("web", "WEB_AUTOSTART=true JOBS_AUTOSTART=false"),
+                           ("worker", "WEB_AUTOSTART=false JOBS_AUTOSTART=true")]:
+        result = configure(tmp_path, ROLE=role)
+        assert result.stdout == switches + "\n"

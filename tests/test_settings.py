@@ -38,6 +38,11 @@ def test_web_concurrency_follows_usable_cpus():
     ("TRUSTED_PROXIES", "2001:db8::/32", ("2001:db8::/32",)),
     ("JOB_MAX_SECONDS", "0.5", 0.5),
     ("BACKGROUND_TASKS_MAX", "1", 1),
+    ("MAX_REQUESTS", "0", 0),
+    ("LOG_ROTATE_SIZE", "0", 0),
+    ("LOG_ROTATE_SIZE", "512", 512),
+    ("LOG_ROTATE_SIZE", "2M", 2 * 1024 * 1024),
+    ("LOG_ROTATE_KEEP", "30", 30),
 ])
 def test_accepted_values(name, raw, expected):
     assert getattr(Settings.from_env({name: raw}), name.lower()) == expected
@@ -56,6 +61,9 @@ def test_accepted_values(name, raw, expected):
     ("APP_MODULE", "app/wsgi.py", "module:variable"),
     ("APP_MODULE", "app.wsgi", "module:variable"),
     ("CLIENT_MAX_BODY_SIZE", "10 MB", "a size in bytes"),
+    ("MAX_REQUESTS", "-1", "a whole number from 0 to 10000000"),
+    ("LOG_ROTATE_SIZE", "1t", "a size in bytes with an optional k, m or g suffix"),
+    ("LOG_ROTATE_KEEP", "0", "a whole number from 1 to 1000"),
     ("PROXY_READ_TIMEOUT", "forever", "a whole number from 1 to 86400"),
     ("TRUSTED_PROXIES", "10.0.0.0/33", "IP addresses or CIDR networks"),
     ("TRUSTED_PROXIES", "loadbalancer.local", "IP addresses or CIDR networks"),

@@ -1,0 +1,141 @@
+"""The job queue in the real container: through nginx, across workers, restarts and kills,
+CPU work beside the event loop, and Redis shared by several containers."""
+
+import json
+import re
+import statistics
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.containers import docker
+
+TERMINAL = {"done", "failed", "interrupted", "canceled"}
+
+
+def submit(container, task, **args):
+    response = container.request("/jobs", method="POST", body=json.dumps({"task": task, "args": args}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    assert response.status == 202, response.body
+    return response.json()
+
+
+def wait_for_status(container, job_id, statuses, deadline=30):
+    end = time.monotonic() + deadline
+    record = None
+    while time.monotonic() < end:
+        record = container.get(f"/jobs/{job_id}").json()
+        if record["status"] in statuses:
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} is {record and record['status']} after {deadline} s:\n{container.logs()}")
+
+
+def test_a_job_is_visible_from_every_worker_and_completes(containers, log_dir):
+    container = containers.start(env={"WEB_CONCURRENCY": "2"}, logs=log_dir)
+    job = submit(container, "job2", arg1="hello", arg2="123", seconds=1)
+    # Ask until both gunicorn workers have answered for it (each access line names its pid).
+    served_by, end = set(), time.monotonic() + 10
+    while len(served_by) < 2 and time.monotonic() < end:
+        assert container.get(f"/jobs/{job['id']}").status == 200
+        time.sleep(0.02)
+        log = (log_dir / "gunicorn/access.log").read_text()
+        served_by = set(re.findall(rf"GET /jobs/{job['id']} .* 200 .* pid=<(\d+)>", log))
+    assert len(served_by) == 2, f"only worker {served_by} answered"
+    record = wait_for_status(container, job["id"], TERMINAL)
+    assert record["status"] == "done"
+    assert record["result"] == {"task": "job2", "arg1": "hello", "arg2": "123", "seconds": 1.0}
+
+
+def test_jobs_survive_a_docker_restart(containers):
+    container = containers.start(env={"JOB_WORKERS": "1"})
+    finished = submit(container, "job1", seconds=0)
+    wait_for_status(container, finished["id"], {"done"})
+    waiting = [submit(container, "job1", seconds=1)["id"] for _ in range(3)]
+    container.restart()
+    assert container.get(f"/jobs/{finished['id']}").json()["status"] == "done"
+    for job_id in waiting:
+        assert wait_for_status(container, job_id, TERMINAL)["status"] == "done"
+
+
+def test_a_job_of_a_killed_consumer_ends_interrupted(containers, log_dir):
+    container = containers.start(logs=log_dir)
+    job = submit(container, "job1", seconds=30)
+    wait_for_status(container, job["id"], {"running"})
+    pid = container.exec("supervisorctl", "pid", "jobs").stdout.strip()
+    container.exec("sh", "-c", f"kill -9 {pid}")
+    record = wait_for_status(container, job["id"], TERMINAL)
+    assert record["status"] == "interrupted"
+    assert "exited: jobs (terminated by SIGKILL" in (log_dir / "supervisord.log").read_text()
+    # The restarted consumer takes new jobs.
+    assert wait_for_status(container, submit(container, "job1", seconds=0)["id"], TERMINAL)["status"] == "done"
+
+
+def test_healthz_keeps_answering_while_cpu_work_saturates_every_worker(containers):
+    container = containers.start(env={"WEB_CONCURRENCY": "2"})
+    stop = threading.Event()
+
+    def keep_computing():
+        while not stop.is_set():
+            assert container.get("/cpu?rounds=300000", timeout=30).status == 200
+
+    latencies = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        load = [pool.submit(keep_computing) for _ in range(8)]
+        time.sleep(1)  # both workers are busy computing
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            started = time.monotonic()
+            assert container.get("/healthz", timeout=10).status == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+        stop.set()
+        for future in load:
+            future.result(timeout=30)
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    print(f"GET /healthz while /cpu saturates 2 workers: {len(latencies)} requests, "
+          f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    assert p99 < 0.5, f"p99 {p99:.3f} s: the event loop was blocked"
+
+
+REDIS_IMAGE = "flask-stack-test-redis"
+REDIS_DOCKERFILE = f"""FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/*
+USER redis
+CMD ["redis-server", "--protected-mode", "no", "--save", ""]
+"""
+
+
+@pytest.fixture
+def redis_network(image):
+    """A Docker network with Debian's redis-server in a container on it, named `redis`."""
+    build = docker("build", "--network=host", "-t", REDIS_IMAGE, "-", input_text=REDIS_DOCKERFILE, timeout=600)
+    assert build.returncode == 0, build.stderr
+    network = f"flask-stack-test-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", network)
+    redis = docker("run", "-d", "--network", network, "--network-alias", "redis", REDIS_IMAGE).stdout.strip()
+    try:
+        yield network
+    finally:
+        docker("rm", "-f", redis, check=False)
+        docker("network", "rm", network, check=False)
+
+
+def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis_network):
+    shared = {"REDIS_URL": "redis://redis:6379/0"}
+    options = ("--network", redis_network)
+    web1 = containers.start(*options, env={**shared, "ROLE": "web"})
+    web2 = containers.start(*options, env={**shared, "ROLE": "web"})
+    worker = containers.start(*options, env={**shared, "ROLE": "worker"}, wait=False)
+
+    job = submit(web1, "job2", arg1="from", arg2="web1", seconds=0.5)
+    record = wait_for_status(web2, job["id"], TERMINAL)
+    assert record["status"] == "done"
+    assert record["worker"]["host"] == worker.exec("hostname").stdout.strip()
+    status = worker.exec("supervisorctl", "status", check=False).stdout
+    assert re.search(r"jobs +(STARTING|RUNNING)", status), status
+    assert re.search(r"nginx +STOPPED", status) and re.search(r"gunicorn +STOPPED", status), status
+    assert re.search(r"jobs +STOPPED", web1.exec("supervisorctl", "status", check=False).stdout)

@@ -24,6 +24,9 @@ def main() -> None:
         worker_type=settings.job_worker_type,
         graceful_signal="TERM",
         shutdown_timeout=settings.graceful_timeout,
+        # An idle consumer polls SQLite with a growing delay; huey's 10 s default would let a
+        # new job wait that long. (Redis storage blocks on the queue instead of polling.)
+        max_delay=1.0,
     )
     consumer.run()
 

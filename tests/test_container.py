@@ -188,3 +188,21 @@ def test_hundreds_of_slow_requests_are_served_at_once(containers):
     print(f"{count} concurrent 1-s requests through nginx: {elapsed:.2f} s")
     assert statuses == [200] * count
     assert elapsed < 3, f"{count} concurrent 1-s requests took {elapsed:.2f} s; served one after another they take {count} s"
+
+
+def wait_for_health(container, deadline: float = 30) -> str:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        health = container.state()["Health"]["Status"]
+        if health != "starting":
+            return health
+        time.sleep(0.5)
+    return "starting"
+
+
+def test_docker_marks_the_container_healthy(containers):
+    # Web: GET /healthz through nginx. Worker only: supervisord reports the consumer RUNNING.
+    web = containers.start()
+    worker = containers.start(env={"ROLE": "worker"}, wait=False)
+    assert wait_for_health(web) == "healthy", web.logs()
+    assert wait_for_health(worker) == "healthy", worker.logs()

@@ -1,0 +1,171 @@
+"""The benchmark's output: results.json, results.md (tables and targets) and chart.png."""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"), "cpu": cpu,
+            "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9),
+            "kernel": platform.release(), "python": platform.python_version(), "nginx": nginx.split("/")[-1]}
+
+
+def ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def fast_row(result: dict) -> str:
+    cells = []
+    for run in result["fast"].values():
+        cells += [f"{run['rps']:,}", f"{ms(run['p50_ms'])} / {ms(run['p99_ms'])}", f"{run['errors']:,}"]
+    cores = "/".join(f"{run['client_cores']:.1f}" for run in result["fast"].values())
+    return f"| {result['label']} | " + " | ".join(cells) + f" | {cores} |"
+
+
+def burst_cell(run: dict, deadline: float) -> str:
+    if run["unfinished"]:
+        text = f"{run['ok']:,} ok in {deadline:g} s ({run['rps']:g}/s), {run['unfinished']:,} unfinished"
+    else:
+        text = f"{run['ok']:,} ok, wall {run['wall_s']:.2f} s, p99 {ms(run['p99_ms'])}"
+    return text + (f", **{run['errors']:,} errors**" if run["errors"] else "")
+
+
+def targets(results: dict) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each of issue 5's targets this run can judge."""
+    configs, rows = results["configs"], []
+    container, floor, stack, uwsgi = (configs.get(key) for key in ("container", "floor", "stack", "uwsgi"))
+    if container and floor:
+        for count in ("1000", "2000"):
+            run, ratio = container["slow"][count], container["slow"][count]["wall_s"] / floor["slow"][count]["wall_s"]
+            rows.append((f"container, {count} one-second requests at once: 0 errors, wall ≤ 1.1 × floor",
+                         f"{run['errors'] + run['unfinished']} failed; {run['wall_s']:.2f} s = {ratio:.2f} × "
+                         f"floor {floor['slow'][count]['wall_s']:.2f} s",
+                         run["errors"] + run["unfinished"] == 0 and ratio <= 1.1))
+    if uwsgi:
+        run = uwsgi["slow"]["1000"]
+        rows.append(("uwsgi peer fails most of a burst (1000 at once)",
+                     f"{run['errors'] + run['unfinished']} of 1000 failed or unfinished",
+                     run["errors"] + run["unfinished"] > 500))
+    if stack and uwsgi:
+        for connections, run in stack["fast"].items():
+            peer = uwsgi["fast"][connections]
+            rows.append((f"native stack, fast path c{connections}: ≥ uwsgi's req/s, 0 errors",
+                         f"{run['rps']:,} req/s = {run['rps'] / peer['rps']:.2f} × uwsgi {peer['rps']:,}; "
+                         f"{run['errors']} errors", run["rps"] >= peer["rps"] and run["errors"] == 0))
+        p99 = stack["fast"]["256"]["p99_ms"]
+        rows.append(("native stack, fast path p99 at c256 ≤ 200 ms", ms(p99), p99 <= 200))
+    if container and stack:
+        for connections, run in container["fast"].items():
+            ratio = run["rps"] / stack["fast"][connections]["rps"]
+            rows.append((f"container ≥ 90% of native, fast path c{connections}", f"{ratio:.0%}", ratio >= 0.9))
+    if "container" in results:
+        facts, idle = results["container"], container["idle"]
+        rows += [
+            ("container idle memory ≤ 100 MB", f"RSS {idle['rss_mb']:.0f} MB (PSS {idle['pss_mb']:.0f} MB), "
+             f"{idle['processes']} processes", idle["rss_mb"] <= 100),
+            ("image ≤ 150 MB", f"{facts['image_mb']} MB (base image {facts['base_mb']} MB)", facts["image_mb"] <= 150),
+            ("`docker run` to healthy ≤ 3 s", f"healthy {facts['healthy_s']:.1f} s; first answer "
+             f"{facts['ready_s']:.1f} s", facts["healthy_s"] <= 3),
+        ]
+    return rows
+
+
+def markdown(results: dict) -> str:
+    m, s, configs = results["machine"], results["settings"], results["configs"].values()
+    load = lambda key: " ".join(f"{value:.2f}" for value in results[key])  # noqa: E731
+    lines = [
+        f"Measured {m['date']} with `bench/run` on {m['cores']} × {m['cpu']}, {m['memory_gb']} GB, Linux "
+        f"{m['kernel']}, nginx {m['nginx']}, Python {m['python']}; load average (1, 5, 15 min) before "
+        f"{load('load_before')}, after {load('load_after')}. gunicorn gevent: {s['web_concurrency']} workers × "
+        f"{s['worker_connections']} connections (the stack's defaults on this machine).",
+        "",
+        f"**Fast path**: `wrk -t2 -cN -d{s['fast_seconds']:g}s --timeout 10s` on `GET /healthz`. wrk runs on the "
+        "same cores: its column is the CPU cores wrk itself used (of "
+        f"{m['cores']}); where it is near {m['cores'] / 2:g} or more, the client limits the figure.",
+        "",
+        "| configuration | req/s c64 | p50 / p99 c64 | errors c64 | req/s c256 | p50 / p99 c256 | errors c256 "
+        "| wrk's cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(fast_row(result) for result in configs if result["fast"]),
+        "",
+        f"**Slow I/O**: C × `GET /job1?seconds=1` at once, each on its own connection, bounded at "
+        f"{s['slow_deadline_s']:g} s (a fresh start of the server for each C). Ideal: wall 1.0 s, C requests/s.",
+        "",
+        "| configuration | " + " | ".join(f"C = {count}" for count in ("100", "1000", "2000")) + " |",
+        "|---|---|---|---|",
+        *(f"| {result['label']} | " + " | ".join(burst_cell(run, s["slow_deadline_s"])
+                                               for run in result["slow"].values()) + " |"
+          for result in configs if result["slow"]),
+        "",
+        "**Footprint**: memory of every process of the configuration (RSS sums shared pages once per "
+        "process; PSS shares them out).",
+        "",
+        "| configuration | start to first answer | idle RSS (PSS) | peak RSS under load |",
+        "|---|---:|---:|---:|",
+        *(f"| {result['label']} | {result['ready_s']:.1f} s | {result['idle']['rss_mb']:.0f} MB "
+          f"({result['idle']['pss_mb']:.0f} MB) | "
+          f"{max(run['peak_rss_mb'] for run in [*result['fast'].values(), *result['slow'].values()]):.0f} MB |"
+          for result in configs),
+    ]
+    if "container" in results:
+        facts = results["container"]
+        lines += ["", f"Image `{facts['image']}`: {facts['image_mb']} MB, of which the base image "
+                  f"{facts['base_mb']} MB. `docker run` to first answer {facts['ready_s']:.1f} s, to Docker's "
+                  f"`healthy` {facts['healthy_s']:.1f} s. Layers of a megabyte or more, newest first: "
+                  + ", ".join(facts["layers"]) + "."]
+    lines += ["", "**Targets** (issue 5)", "", "| target | measured | met |", "|---|---|---|",
+              *(f"| {target} | {measured} | {'yes' if met else '**no**'} |"
+                for target, measured, met in targets(results))]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    configs = results["configs"]
+    deadline = results["settings"]["slow_deadline_s"]
+    figure, axes = plt.subplots(2, 2, figsize=(15, 10))
+    panels = [
+        (axes[0][0], "fast", "rps", "fast path GET /healthz: requests/s", "linear"),
+        (axes[0][1], "fast", "p99_ms", "fast path: p99 latency (ms)", "log"),
+        (axes[1][0], "slow", "rps", "slow I/O bursts: completed requests/s", "linear"),
+        (axes[1][1], "slow", "p99_ms", f"slow I/O bursts: p99 latency (ms; {deadline:g} s = did not finish)", "log"),
+    ]
+    for axis, workload, metric, title, scale in panels:
+        keys = [key for key, result in configs.items() if result[workload]]
+        series = list(next(iter(configs[key][workload] for key in keys)).keys()) if keys else []
+        width = 0.8 / max(1, len(series))
+        for index, name in enumerate(series):
+            values = [configs[key][workload][name][metric] for key in keys]
+            values = [deadline * 1000 if value is None else value for value in values]
+            prefix = "c" if workload == "fast" else "C = "
+            axis.bar([i + index * width for i in range(len(keys))], values, width, label=f"{prefix}{name}")
+        axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(keys))], keys, rotation=30)
+        axis.set_yscale(scale)
+        axis.set_title(title)
+        axis.legend()
+    figure.suptitle(f"flask-stack benchmark, {results['machine']['date']}, {results['machine']['cores']} cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+
+
+def write(results: dict, folder: Path) -> None:
+    folder.mkdir(exist_ok=True)
+    # JSON keys are strings: convert once so that a fresh run and a reloaded file read the same.
+    results = json.loads(json.dumps(results))
+    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (folder / "results.md").write_text(markdown(results))
+    chart(results, folder / "chart.png")
+    print(f"results in {folder}/: results.md, results.json, chart.png")

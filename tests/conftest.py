@@ -1,6 +1,5 @@
 import dataclasses
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -8,7 +7,8 @@ import pytest
 
 from app import create_app
 from deploy.settings import VARIABLES, Settings
-from tests.containers import ContainerFactory, docker_available
+from tests import figures
+from tests.containers import ContainerFactory, docker_available, user_owned_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 # pip reads these; forwarded to `docker build` so the image installs from the same mirror.
@@ -73,11 +73,7 @@ def containers(image, request):
 @pytest.fixture
 def log_dir(tmp_path):
     """A log folder owned by a non-root user, as on a developer's machine (uid 1000 under root)."""
-    path = tmp_path / "logs"
-    path.mkdir()
-    if os.getuid() == 0:
-        shutil.chown(path, 1000, 1000)
-    return path
+    return user_owned_folder(tmp_path / "logs")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -86,3 +82,10 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability suite's figures (tests/test_reliability.py), as a table, after the run."""
+    if figures.ROWS:
+        terminalreporter.write_sep("-", "reliability figures")
+        terminalreporter.write_line(figures.table())

@@ -3,9 +3,12 @@ with deadlines, driven with the docker CLI and plain HTTP."""
 
 import http.client
 import json
+import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True,
@@ -99,6 +102,24 @@ class Container:
 
     def main_process_pid(self, pidfile: str) -> int:
         return int(self.exec("cat", pidfile).stdout)
+
+    def tcp_sockets(self) -> list[tuple[int, str]]:
+        """(local port, state) of each TCP socket in the container: state 0A is LISTEN, 01 ESTABLISHED."""
+        sockets = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for row in self.exec("cat", table).stdout.splitlines()[1:]:
+                local_address, state = row.split()[1], row.split()[3]
+                sockets.append((int(local_address.rsplit(":", 1)[1], 16), state))
+        return sockets
+
+
+def user_owned_folder(path: Path) -> Path:
+    """Makes `path` a folder owned by a non-root user, as on a developer's machine (uid 1000
+    when the tests run as root): a log folder to mount."""
+    path.mkdir()
+    if os.getuid() == 0:
+        shutil.chown(path, 1000, 1000)
+    return path
 
 
 class ContainerFactory:

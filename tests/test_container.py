@@ -113,13 +113,7 @@ def processes(container) -> list[tuple[int, str]]:
 
 
 def listening_tcp_ports(container) -> set[int]:
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in container.exec("cat", table).stdout.splitlines()[1:]:
-            local_address, state = row.split()[1], row.split()[3]
-            if state == "0A":  # LISTEN
-                ports.add(int(local_address.rsplit(":", 1)[1], 16))
-    return ports
+    return {port for port, state in container.tcp_sockets() if state == "0A"}
 
 
 def test_security_defaults(containers):

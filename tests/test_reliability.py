@@ -1,0 +1,413 @@
+"""Proven under fire: the real container through reload, log rotation, kill -9, slow clients,
+hostile input and 100k requests, each under a bounded load from a second process
+(tests/load.py, loopback only). Each case adds a row to the figures table printed at the end
+of the run (tests/figures.py)."""
+
+import json
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests import figures
+from tests.containers import ContainerFactory, user_owned_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD_PATH = "/job1?seconds=0.1"  # each request waits inside gunicorn: there are always some in flight
+RECOVERY_BOUND = 5.0  # seconds from a kill -9 to the last failed request
+SLOW_CLIENTS = 300  # of each kind: slowloris and unread
+SLOW_LATENCY_BOUND = 1.0  # seconds: the p99 of normal requests while the slow clients hold on
+MEMORY_GROWTH_BOUND = 1.25  # RSS after 100k requests, at most this times its value after 10k
+
+
+@dataclass
+class LoadResult:
+    rows: list  # [start, end, status or error name], on the monotonic clock
+
+    @property
+    def sent(self) -> int:
+        return len(self.rows)
+
+    @property
+    def failures(self) -> list:
+        return [row for row in self.rows if row[2] != 200]
+
+    def latencies(self) -> list[float]:
+        return [end - start for start, end, _ in self.rows]
+
+    def summary(self) -> str:
+        return f"{self.sent} requests: {dict(Counter(status for _, _, status in self.rows))}"
+
+
+@contextmanager
+def load(port: int, seconds: float, path: str = LOAD_PATH, concurrency: int = 16):
+    """`python -m tests.load requests` runs while the block does; then `result[0]` holds its rows."""
+    command = [sys.executable, "-m", "tests.load", "requests", "--port", str(port), "--path", path,
+               "--seconds", str(seconds), "--concurrency", str(concurrency)]
+    result = []
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE) as process:
+        yield result
+        output, _ = process.communicate(timeout=seconds + 30)
+    assert process.returncode == 0, f"the load process failed with status {process.returncode}"
+    result.append(LoadResult(json.loads(output)))
+
+
+@contextmanager
+def slow_clients(port: int, mode: str, seconds: float):
+    """`python -m tests.load slowloris|unread`: SLOW_CLIENTS connections held for `seconds`."""
+    command = [sys.executable, "-m", "tests.load", mode, "--port", str(port), "--seconds", str(seconds),
+               "--connections", str(SLOW_CLIENTS), "--path", "/job2?arg1=" + "x" * 4000 + "&arg2=y&seconds=0"]
+    with subprocess.Popen(command, cwd=ROOT) as process:
+        yield
+        process.wait(timeout=seconds + 30)
+    assert process.returncode == 0, f"the {mode} clients failed with status {process.returncode}"
+
+
+@pytest.fixture(scope="module")
+def stack_logs(tmp_path_factory):
+    """The log folder of `stack`, owned by a user."""
+    return user_owned_folder(tmp_path_factory.mktemp("stack") / "logs")
+
+
+@pytest.fixture(scope="module")
+def stack(image, stack_logs, request):
+    """One container for the cases that leave it serving. JOB_MAX_SECONDS=1 bounds the
+    waits a fuzzed `seconds` can ask for."""
+    factory = ContainerFactory(image)
+    failed_before = request.session.testsfailed
+    yield factory.start(env={"JOB_MAX_SECONDS": "1"}, logs=stack_logs)
+    factory.remove_all(print_logs=request.session.testsfailed > failed_before)
+
+
+def pid_of(container, program: str) -> int:
+    """The program's pid, 0 while it is not running."""
+    return int(container.exec("supervisorctl", "pid", program, check=False).stdout.strip() or 0)
+
+
+def children(container, pid: int) -> set[int]:
+    return {int(child) for child in container.exec("cat", f"/proc/{pid}/task/{pid}/children").stdout.split()}
+
+
+def wait_for(condition, deadline: float, what: str):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {deadline} s")
+
+
+# --- 1, 2: reload --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target, program", [("app", "gunicorn"), ("nginx", "nginx")])
+def test_reload_under_load_fails_no_request(stack, target, program):
+    workers = children(stack, pid_of(stack, program))
+    with load(stack.port, seconds=10) as result:
+        time.sleep(3)
+        reload = stack.exec("reload", target)
+    result = result[0]
+    assert not result.failures, f"reload {target}: {result.summary()}; failed: {result.failures[:5]}"
+    assert "signalled" in reload.stdout
+    # Every old worker was replaced: new code and config are in use.
+    assert not children(stack, pid_of(stack, program)) & workers
+    figures.record(f"reload {target} (`docker exec <c> reload {target}`), 10 s", result.sent,
+                   len(result.failures), "old workers finished their requests, new ones took over")
+
+
+def test_reload_refuses_a_broken_nginx_config_and_keeps_serving(stack):
+    stack.exec("cp", "/srv/nginx.conf", "/tmp/nginx.conf.good")
+    try:
+        stack.exec("sh", "-c", "echo 'this is not nginx syntax' >> /srv/nginx.conf")
+        reload = stack.exec("reload", "nginx", check=False)
+    finally:
+        stack.exec("cp", "/tmp/nginx.conf.good", "/srv/nginx.conf")
+    assert reload.returncode == 1
+    assert "nginx keeps the one it has" in reload.stderr
+    assert stack.get("/healthz").status == 200
+
+
+# --- 3: log rotation -------------------------------------------------------------------------
+
+def lines_with(folder: Path, marker: str) -> dict[str, int]:
+    """The lines holding `marker` in each access log file of `folder`: current and rotated."""
+    return {path.name: path.read_text(errors="replace").count(marker)
+            for path in sorted(folder.glob("access.log*"))}
+
+
+def test_rotation_under_load_loses_no_line(stack, stack_logs):
+    marker = "case=rotation"
+    with load(stack.port, seconds=6, path=f"{LOAD_PATH}&{marker}") as result:
+        for _ in range(2):
+            time.sleep(2)
+            stack.exec("rotate-logs")
+    result = result[0]
+    assert not result.failures, result.summary()
+    time.sleep(1)  # gunicorn writes its access line after the response
+    for program in ("nginx", "gunicorn"):
+        counts = lines_with(stack_logs / program, marker)
+        assert sum(counts.values()) == result.sent, f"{program}: {counts}, {result.sent} requests sent"
+        # Written before, between and after the two rotations: three files hold lines.
+        assert [counts.get(name, 0) > 0 for name in ("access.log", "access.log.1", "access.log.2")] == [True] * 3, counts
+    owner = stack_logs.stat().st_uid
+    assert {path.stat().st_uid for path in stack_logs.rglob("*")} == {owner}
+    figures.record("rotate the logs twice (`docker exec <c> rotate-logs`), 6 s", result.sent,
+                   len(result.failures), "access lines, old + new files: nginx and gunicorn "
+                   f"{result.sent} each = requests sent")
+
+
+def test_logs_rotate_by_size_and_keep_the_count(containers, log_dir):
+    container = containers.start(env={"LOG_ROTATE_SIZE": "2k", "LOG_ROTATE_KEEP": "2"}, logs=log_dir)
+    access_log = log_dir / "nginx/access.log"
+    for _ in range(20):  # about 4 KB of nginx's access log
+        container.get("/healthz")
+    # supervisord's program `logrotate` checks the sizes every 10 s.
+    wait_for(lambda: (log_dir / "nginx/access.log.1").exists(), deadline=25, what="access.log.1 by size")
+    for _ in range(3):
+        container.get("/healthz")
+        wait_for(lambda: access_log.exists() and access_log.stat().st_size, deadline=5, what="a line in access.log")
+        container.exec("rotate-logs")
+    # LOG_ROTATE_KEEP=2: the oldest went; nginx reopened a new access.log.
+    assert sorted(path.name for path in (log_dir / "nginx").glob("access.log*")) == \
+        ["access.log", "access.log.1", "access.log.2"]
+
+
+# --- 4: kill -9 ------------------------------------------------------------------------------
+
+def replaced(stack, victim: str, pid: int, workers: int) -> bool:
+    """Whether a new process stands where the killed `pid` was (gunicorn has `workers` again)."""
+    if victim == "gunicorn worker":
+        now = children(stack, pid_of(stack, "gunicorn"))
+        return pid not in now and len(now) == workers
+    return pid_of(stack, victim) not in (0, pid)
+
+
+def kill_evidence(stack, stack_logs: Path, victim: str, pid: int) -> str:
+    """What the logs say about the kill: asserted, then named in the figures table."""
+    if victim == "gunicorn worker":
+        log, lines = "gunicorn/error.log", [f"Worker (pid:{pid}) was sent SIGKILL"]
+    else:
+        log = "supervisord.log"
+        lines = [f"exited: {victim} (terminated by SIGKILL", f"spawned: '{victim}' with pid {pid_of(stack, victim)}"]
+        if victim != "jobs":  # a master: its orphaned workers were killed too
+            lines.append(f"killed what was left of {victim}'s process group {pid}")
+    text = (stack_logs / log).read_text()
+    missing = [line for line in lines if line not in text]
+    assert not missing, f"{log} does not say {missing}:\n{text[-2000:]}"
+    return f"{log}: " + ", ".join(f'"{line}"' for line in lines)
+
+
+@pytest.mark.parametrize("victim", ["nginx", "gunicorn", "gunicorn worker", "jobs"])
+def test_kill_9_under_load_is_recovered(stack, stack_logs, victim):
+    """Back within RECOVERY_BOUND: the last failed request has ended and the replacement runs."""
+    if victim == "jobs" and not re.search(r"^jobs ", stack.exec("supervisorctl", "status", check=False).stdout, re.M):
+        pytest.skip("this image has no job consumer (`supervisorctl status` lists no `jobs`)")
+    workers = children(stack, pid_of(stack, "gunicorn"))
+    pid = min(workers) if victim == "gunicorn worker" else pid_of(stack, victim)
+    with load(stack.port, seconds=7) as result:
+        time.sleep(2)
+        killed_at = time.monotonic()
+        stack.exec("sh", "-c", f"kill -9 {pid}")  # the shell's kill: the image has no procps
+        wait_for(lambda: replaced(stack, victim, pid, len(workers)), RECOVERY_BOUND, f"a new {victim}")
+        replaced_at = time.monotonic()
+    result = result[0]
+    failures = result.failures
+    recovery = max([replaced_at, *(end for _, end, _ in failures)]) - killed_at
+    assert recovery <= RECOVERY_BOUND, f"{victim}: failures for {recovery:.1f} s; {result.summary()}"
+    assert all(start >= killed_at - 1 for start, _, _ in failures), f"{victim}: failures before the kill"
+    assert any(status == 200 and start > killed_at + recovery for start, _, status in result.rows), \
+        f"{victim}: no request succeeded after the recovery: {result.summary()}"
+    if victim in ("gunicorn worker", "jobs"):
+        # The other workers serve on: only the requests in flight on the killed one may fail.
+        in_flight = sum(start <= killed_at <= end for start, end, _ in result.rows) if victim != "jobs" else 0
+        assert len(failures) <= in_flight, f"{victim}: {result.summary()}, {in_flight} in flight"
+    held = kill_evidence(stack, stack_logs, victim, pid)
+    figures.record(f"kill -9 {victim}, 7 s", result.sent, len(failures), held, recovery)
+
+
+# --- 5: slow clients -------------------------------------------------------------------------
+
+def test_slow_clients_do_not_slow_down_normal_requests(stack):
+    with load(stack.port, seconds=3, path="/healthz", concurrency=4) as alone:
+        pass
+    with slow_clients(stack.port, "slowloris", seconds=9), slow_clients(stack.port, "unread", seconds=9):
+        time.sleep(3)  # every slow connection is open and dripping
+        with load(stack.port, seconds=4, path="/healthz", concurrency=4) as result:
+            held = sum(port == 80 and state == "01" for port, state in stack.tcp_sockets())  # ESTABLISHED
+    alone, result = alone[0], result[0]
+    assert held >= 2 * SLOW_CLIENTS, f"nginx held {held} connections, not the {2 * SLOW_CLIENTS} slow ones"
+    assert not result.failures, result.summary()
+    p99 = statistics.quantiles(result.latencies(), n=100)[98]
+    before = statistics.quantiles(alone.latencies(), n=100)[98]
+    assert p99 < SLOW_LATENCY_BOUND, f"p99 {p99 * 1000:.0f} ms with slow clients (alone: {before * 1000:.0f} ms)"
+    figures.record(f"{SLOW_CLIENTS} slowloris + {SLOW_CLIENTS} unread connections, 4 s", result.sent,
+                   len(result.failures), f"{held} connections held open; p99 latency {p99 * 1000:.0f} ms "
+                   f"(without them {before * 1000:.0f} ms)")
+
+
+# --- 6: hostile input ------------------------------------------------------------------------
+
+H = b"Host: localhost\r\nConnection: close\r\n"
+JSON_POST = b"POST /jobs HTTP/1.1\r\n" + H + b"Content-Type: application/json\r\n"
+
+# name, raw request, expected status, whether the body is JSON (gunicorn's own refusals are text)
+HOSTILE = [
+    ("body larger than CLIENT_MAX_BODY_SIZE", JSON_POST + b"Content-Length: 20000000\r\n\r\n" + b"x" * 1000, 413, True),
+    ("Expect: 100-continue with a huge body", JSON_POST + b"Expect: 100-continue\r\nContent-Length: 99999999\r\n\r\n", 413, True),
+    ("one 10 KB header", b"GET /healthz HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 10_000 + b"\r\n\r\n", 400, True),
+    ("42 KB of headers", b"GET /healthz HTTP/1.1\r\n" + H + b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 7000) for i in range(6)) + b"\r\n", 400, True),
+    ("10 KB URI", b"GET /healthz?" + b"a" * 10_000 + b" HTTP/1.1\r\n" + H + b"\r\n", 414, True),
+    ("6 KB query value (over gunicorn's 4 KB request line)", b"GET /job2?arg1=" + b"a" * 6000 + b"&arg2=b&seconds=0 HTTP/1.1\r\n" + H + b"\r\n", 414, False),
+    ("request line without a method", b"/healthz HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("lower-case method", b"get /healthz HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("binary garbage", b"\x01\x02\x03garbage\r\n\r\n", 400, True),
+    ("HTTP/2.0 spoken as text", b"GET /healthz HTTP/2.0\r\n" + H + b"\r\n", 400, True),
+    ("bad percent-encoding in the path", b"GET /%zz HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("bad percent-encoding in the query", b"GET /job2?arg1=%zz&arg2=%&seconds=0 HTTP/1.1\r\n" + H + b"\r\n", 200, True),
+    ("path traversal", b"GET /../../etc/passwd HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("encoded path traversal", b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("traversal with encoded slashes", b"GET /healthz/..%2f..%2fetc%2fpasswd HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("POST to a GET endpoint", b"POST /healthz HTTP/1.1\r\n" + H + b"Content-Length: 0\r\n\r\n", 405, True),
+    ("unknown method", b"FOO /healthz HTTP/1.1\r\n" + H + b"\r\n", 405, True),
+    ("TRACE", b"TRACE / HTTP/1.1\r\n" + H + b"\r\n", 405, True),
+    ("non-JSON body where JSON is expected", JSON_POST + b"Content-Length: 9\r\n\r\nnot json{", 400, True),
+    ("JSON array where an object is expected", JSON_POST + b"Content-Length: 2\r\n\r\n[]", 400, True),
+    ("unicode, percent-encoded", b"GET /job2?arg1=%E6%97%A5&arg2=%F0%9F%98%80&seconds=0 HTTP/1.1\r\n" + H + b"\r\n", 200, True),
+    ("raw UTF-8 bytes in the request line", "GET /job2?arg1=日本&arg2=b HTTP/1.1\r\n".encode() + H + b"\r\n", 400, False),
+    ("invalid UTF-8, percent-encoded", b"GET /job2?arg1=%FF%FE&arg2=b&seconds=0 HTTP/1.1\r\n" + H + b"\r\n", 200, True),
+    ("NUL in the query, encoded", b"GET /job2?arg1=%00&arg2=b&seconds=0 HTTP/1.1\r\n" + H + b"\r\n", 200, True),
+    ("NUL in the path, encoded", b"GET /healthz%00 HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("NUL byte in the request line", b"GET /heal\x00thz HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("NUL byte in a header", b"GET /healthz HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400, True),
+    ("negative seconds", b"GET /job1?seconds=-1 HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("non-numeric seconds", b"GET /job1?seconds=abc HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("infinite seconds", b"GET /job1?seconds=1e999 HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("NaN seconds", b"GET /job?seconds=nan HTTP/1.1\r\n" + H + b"\r\n", 400, True),
+    ("Content-Length and Transfer-Encoding (smuggling)", JSON_POST + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, True),
+    ("unknown Transfer-Encoding", JSON_POST + b"Transfer-Encoding: gzip\r\n\r\n", 400, True),
+    ("malformed chunked body", JSON_POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400, True),
+    ("negative Content-Length", JSON_POST + b"Content-Length: -5\r\n\r\n", 400, True),
+    ("HTTP/1.1 without Host", b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 400, True),
+    ("two Host headers", b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400, True),
+    ("folded header (obs-fold)", b"GET /healthz HTTP/1.1\r\n" + H + b"X-A: a\r\n  folded\r\n\r\n", 400, True),
+    ("forged X-Forwarded-For garbage", b"GET /ip HTTP/1.1\r\n" + H + b"X-Forwarded-For: <script>, ;;, 999.1.1.1\r\n\r\n", 200, True),
+]
+
+
+def raw_request(port: int, data: bytes) -> tuple[int, bytes, bytes]:
+    """Sends `data` as it is; the answer's status, headers and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # the server answered and closed before reading it all: its answer is still there
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
+    assert match, f"no HTTP answer: {answer[:200]!r}"
+    return int(match[1]), head, body
+
+
+def is_json(head: bytes, body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return b"Content-Type: application/json" in head
+
+
+def test_hostile_input_gets_its_answer_never_a_5xx(stack):
+    assert len(HOSTILE) >= 25
+    wrong = []
+    for name, data, expected, json_body in HOSTILE:
+        status, head, body = raw_request(stack.port, data)
+        if (status, is_json(head, body)) != (expected, json_body):
+            wrong.append(f"{name}: {status} {body[:100]!r}, expected {expected} {'JSON' if json_body else 'text'}")
+    assert not wrong, "\n".join(wrong)
+    assert stack.get("/healthz").status == 200
+    figures.record(f"hostile input: {len(HOSTILE)} cases", len(HOSTILE), len(wrong),
+                   "each its expected 4xx (or 200), no 5xx")
+
+
+FUZZED = {"requests": 0}
+# The example API's routes and arguments; the rest of each request is drawn at random.
+ROUTES = ["/healthz", "/job1", "/job2", "/job", "/ip", "/jobs", "/jobs/0", "/"]
+ARGUMENTS = ["arg1", "arg2", "seconds", "task", "x"]
+
+
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
+    path=st.one_of(st.sampled_from(ROUTES), st.text(max_size=30).map(lambda text: "/" + quote(text))),
+    query=st.dictionaries(st.one_of(st.sampled_from(ARGUMENTS), st.text(max_size=10)),
+                          st.one_of(st.floats(allow_nan=True).map(str), st.text(max_size=50)), max_size=4),
+    headers=st.dictionaries(st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True),
+                            st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=100), max_size=4),
+    body=st.one_of(st.none(), st.binary(max_size=300), st.text(max_size=200).map(str.encode)),
+)
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+def fuzz_the_api(port, method, path, query, headers, body):
+    target = path + ("?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items()) if query else "")
+    data = f"{method} {target} HTTP/1.1\r\n".encode() + H + b"".join(
+        f"{name}: {value}\r\n".encode() for name, value in headers.items())
+    data += b"Content-Length: %d\r\n\r\n%s" % (len(body), body) if body is not None else b"\r\n"
+    FUZZED["requests"] += 1
+    status, _, response = raw_request(port, data)
+    assert status < 500, f"{status} for {data[:300]!r}: {response[:300]!r}"
+
+
+def test_fuzzing_the_api_finds_no_server_error(stack):
+    fuzz_the_api(stack.port)
+    assert stack.get("/healthz").status == 200
+    figures.record("fuzzing (hypothesis: methods, paths, queries, headers, bodies)", FUZZED["requests"], 0,
+                   "no 5xx")
+
+
+# --- 7: memory -------------------------------------------------------------------------------
+
+def container_rss_mib(container) -> float:
+    """The resident memory of every process in the container, summed (the probing shell left out)."""
+    status = container.exec("sh", "-c", 'for p in /proc/[0-9]*; do [ "${p#/proc/}" = $$ ] || cat $p/status; done',
+                            check=False).stdout
+    return sum(int(kib) for kib in re.findall(r"^VmRSS:\s+(\d+) kB", status, re.M)) / 1024
+
+
+def hammer(port: int, requests: int) -> int:
+    """`ab`: `requests` requests, 32 at a time on keep-alive connections, within 150 s. Returns
+    the failed ones."""
+    if not shutil.which("ab"):
+        pytest.fail("the memory case needs ab: apt-get install apache2-utils")
+    output = subprocess.run(
+        ["ab", "-q", "-k", "-c", "32", "-t", "150", "-n", str(requests),
+         f"http://127.0.0.1:{port}/job2?arg1=a&arg2=b&seconds=0"],
+        capture_output=True, text=True, timeout=200, check=True).stdout
+    complete = int(re.search(r"Complete requests:\s+(\d+)", output)[1])
+    assert complete == requests, f"ab sent {complete} of {requests} requests in 150 s:\n{output}"
+    failed = re.search(r"Non-2xx responses:\s+(\d+)", output)
+    return int(re.search(r"Failed requests:\s+(\d+)", output)[1]) + (int(failed[1]) if failed else 0)
+
+
+def test_memory_after_100k_requests_stays_near_its_value_after_10k(containers):
+    container = containers.start()
+    failed = hammer(container.port, 10_000)
+    after_10k = container_rss_mib(container)
+    failed += hammer(container.port, 90_000)
+    after_100k = container_rss_mib(container)
+    assert failed == 0
+    assert after_100k <= after_10k * MEMORY_GROWTH_BOUND, \
+        f"RSS {after_10k:.0f} MiB after 10k requests, {after_100k:.0f} MiB after 100k"
+    figures.record("memory: 100k requests (ab, 32 at a time)", 100_000, failed,
+                   f"RSS of the container {after_10k:.0f} MiB after 10k, {after_100k:.0f} MiB after 100k "
+                   f"(bound: x{MEMORY_GROWTH_BOUND})")

@@ -138,7 +138,7 @@ def chart(results: dict, path: Path) -> None:
     deadline = results["settings"]["slow_deadline_s"]
     figure, axes = plt.subplots(2, 2, figsize=(15, 10))
     panels = [
-        (axes[0][0], "fast", "rps", "fast path GET /healthz: requests/s", "linear"),
+        (axes[0][0], "fast", "rps", "fast path GET /healthz: requests/s (log)", "log"),
         (axes[0][1], "fast", "p99_ms", "fast path: p99 latency (ms)", "log"),
         (axes[1][0], "slow", "rps", "slow I/O bursts: completed requests/s", "linear"),
         (axes[1][1], "slow", "p99_ms", f"slow I/O bursts: p99 latency (ms; {deadline:g} s = did not finish)", "log"),

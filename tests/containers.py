@@ -4,6 +4,7 @@ with deadlines, driven with the docker CLI and plain HTTP."""
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -111,6 +112,20 @@ class Container:
                 local_address, state = row.split()[1], row.split()[3]
                 sockets.append((int(local_address.rsplit(":", 1)[1], 16), state))
         return sockets
+
+
+def wait_for_line(path: Path, pattern: str, deadline: float = 10) -> str:
+    """The first line of `path` matching `pattern`, once one is written (a server writes its
+    access line after the answer); fails with the file after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if re.search(pattern, line):
+                    return line
+        time.sleep(0.1)
+    raise AssertionError(f"no line matching {pattern!r} in {path} within {deadline} s:\n"
+                         f"{path.read_text() if path.exists() else '(missing)'}")
 
 
 def user_owned_folder(path: Path) -> Path:

@@ -5,8 +5,9 @@ after --seconds, and `requests` also after --max-requests.
 
 - `requests`: --concurrency clients, each sending GET --path on a new connection after the
   previous answer, at most one every --interval seconds (so that a server that fails fast
-  is not flooded: the offered load stays the same). Prints one JSON line: a [start, end, status or error] row per request,
-  times on the machine's monotonic clock (the same in every process).
+  is not flooded: the offered load stays the same). Prints one JSON line: a [start, end,
+  status or error] row per request, times on the machine's monotonic clock (the same in
+  every process).
 - `slowloris`: --connections that send a request's headers one byte at a time.
 - `unread`: --connections that send a request and never read the answer.
 """

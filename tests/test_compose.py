@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT
-from tests.containers import Container
+from tests.containers import Container, wait_for_line
 
 
 def compose_command() -> list[str]:
@@ -53,6 +53,6 @@ def test_compose_up_serves_the_stack(image, log_dir, tmp_path):
         assert container.port == port
         job = container.get("/job2?arg1=hello&arg2=123&seconds=0.1")
         assert job.json() == {"task": "job2", "arg1": "hello", "arg2": "123", "seconds": 0.1}
-        assert "/job2?arg1=hello" in (log_dir / "nginx/access.log").read_text()
+        wait_for_line(log_dir / "nginx/access.log", r"/job2\?arg1=hello")
     finally:
         subprocess.run([*compose, "down", "-v", "--rmi", "all"], env=env, capture_output=True, timeout=120)

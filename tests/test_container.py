@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.containers import docker
+from tests.containers import docker, wait_for_line
 
 IMAGE_USER_UID = 10001
 
@@ -66,18 +66,6 @@ def test_trusted_proxies_let_a_load_balancer_name_the_client(containers):
     # The load balancer appended the real client (203.0.113.7) to what its client sent.
     seen = container.get("/ip", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}).json()
     assert seen["client_ip"] == "203.0.113.7"
-
-
-def wait_for_line(path: Path, pattern: str, deadline: float = 10) -> str:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if re.search(pattern, line):
-                    return line
-        time.sleep(0.1)
-    raise AssertionError(f"no line matching {pattern!r} in {path} within {deadline} s:\n"
-                         f"{path.read_text() if path.exists() else '(missing)'}")
 
 
 def owners(folder: Path) -> dict[str, int]:

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests import figures
+from tests.conftest import ROOT
 from tests.containers import ContainerFactory, user_owned_folder
 
-ROOT = Path(__file__).resolve().parent.parent
 LOAD_PATH = "/job1?seconds=0.1"  # each request waits inside gunicorn: there are always some in flight
 RECOVERY_BOUND = 5.0  # seconds from a kill -9 to the last failed request
 SLOW_CLIENTS = 300  # of each kind: slowloris and unread
@@ -172,7 +172,7 @@ def test_rotation_under_load_loses_no_line(stack, stack_logs):
         counts = lines_with(stack_logs / program, marker)
         assert sum(counts.values()) == result.sent, f"{program}: {counts}, {result.sent} requests sent"
         # Written before, between and after the two rotations: three files hold lines.
-        assert [counts.get(name, 0) > 0 for name in ("access.log", "access.log.1", "access.log.2")] == [True] * 3, counts
+        assert all(counts.get(name) for name in ("access.log", "access.log.1", "access.log.2")), counts
     owner = stack_logs.stat().st_uid
     assert {path.stat().st_uid for path in stack_logs.rglob("*")} == {owner}
     figures.record("rotate the logs twice (`docker exec <c> rotate-logs`), 6 s", result.sent,
@@ -186,10 +186,10 @@ def test_logs_rotate_by_size_and_keep_the_count(containers, log_dir):
     for _ in range(20):  # about 4 KB of nginx's access log
         container.get("/healthz")
     # supervisord's program `logrotate` checks the sizes every 10 s.
-    wait_for(lambda: (log_dir / "nginx/access.log.1").exists(), deadline=25, what="access.log.1 by size")
+    wait_for((log_dir / "nginx/access.log.1").exists, 25, "access.log.1 by size")
     for _ in range(3):
         container.get("/healthz")
-        wait_for(lambda: access_log.exists() and access_log.stat().st_size, deadline=5, what="a line in access.log")
+        wait_for(lambda: access_log.exists() and access_log.stat().st_size, 5, "a line in access.log")
         container.exec("rotate-logs")
     # LOG_ROTATE_KEEP=2: the oldest went; nginx reopened a new access.log.
     assert sorted(path.name for path in (log_dir / "nginx").glob("access.log*")) == \
@@ -212,7 +212,8 @@ def kill_evidence(stack, stack_logs: Path, victim: str, pid: int) -> str:
         log, lines = "gunicorn/error.log", [f"Worker (pid:{pid}) was sent SIGKILL"]
     else:
         log = "supervisord.log"
-        lines = [f"exited: {victim} (terminated by SIGKILL", f"spawned: '{victim}' with pid {pid_of(stack, victim)}"]
+        lines = [f"exited: {victim} (terminated by SIGKILL",
+                 f"spawned: '{victim}' with pid {pid_of(stack, victim)}"]
         if victim != "jobs":  # a master: its orphaned workers were killed too
             lines.append(f"killed what was left of {victim}'s process group {pid}")
     text = (stack_logs / log).read_text()
@@ -224,7 +225,8 @@ def kill_evidence(stack, stack_logs: Path, victim: str, pid: int) -> str:
 @pytest.mark.parametrize("victim", ["nginx", "gunicorn", "gunicorn worker", "jobs"])
 def test_kill_9_under_load_is_recovered(stack, stack_logs, victim):
     """Back within RECOVERY_BOUND: the last failed request has ended and the replacement runs."""
-    if victim == "jobs" and not re.search(r"^jobs ", stack.exec("supervisorctl", "status", check=False).stdout, re.M):
+    programs = stack.exec("supervisorctl", "status", check=False).stdout
+    if victim == "jobs" and not re.search(r"^jobs ", programs, re.M):
         pytest.skip("this image has no job consumer (`supervisorctl status` lists no `jobs`)")
     workers = children(stack, pid_of(stack, "gunicorn"))
     pid = min(workers) if victim == "gunicorn worker" else pid_of(stack, victim)

@@ -83,3 +83,11 @@ def test_every_bad_variable_is_reported_at_once():
         Settings.from_env({"WEB_CONCURRENCY": "abc", "LOG_LEVEL": "loud", "TIMEOUT": "30"})
     lines = str(error.value).splitlines()
     assert [line.split("=")[0] for line in lines] == ["WEB_CONCURRENCY", "LOG_LEVEL"]
+
+
+def test_the_readme_documents_every_variable():
+    from pathlib import Path
+    from deploy.settings import VARIABLES
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    undocumented = [v.name for v in VARIABLES if f"| `{v.name}` |" not in readme]
+    assert undocumented == []

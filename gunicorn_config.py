@@ -6,8 +6,10 @@ from deploy.settings import LOG_DIR, RUN_DIR, Settings
 settings = Settings.from_env()
 
 # --- Server socket ---------------------------------------------------------------------
-# A unix socket: only nginx, in the same container, can reach gunicorn.
-bind = f"unix:{RUN_DIR}/gunicorn.sock"
+# A unix socket (/run/flask-stack/gunicorn.sock): only nginx, in the same container, can
+# reach gunicorn. supervisord creates it and keeps it across gunicorn restarts (its
+# [fcgi-program:gunicorn]); gunicorn gets it as fd 0.
+bind = "fd://0"
 backlog = 2048  # connections nginx may queue while every worker is busy
 
 # --- Worker processes ------------------------------------------------------------------

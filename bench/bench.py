@@ -142,7 +142,9 @@ def stack_native(server: Server, port: int) -> None:
     env = {**app_env(server), "PYTHONPATH": f"{srv}:{ROOT}"}  # the rewritten deploy/ first, then the app
     subprocess.run([BIN / "python", "-m", "deploy.configure", run / "nginx"], cwd=srv, env=env,
                    check=True, capture_output=True)
-    server.spawn("gunicorn", [BIN / "gunicorn", "--config", srv / "gunicorn_config.py"], cwd=srv, env=env)
+    # In the image supervisord creates gunicorn's socket and passes it as fd 0: here gunicorn binds it.
+    server.spawn("gunicorn", [BIN / "gunicorn", "--config", srv / "gunicorn_config.py",
+                              f"--bind=unix:{run}/gunicorn.sock"], cwd=srv, env=env)
     server.spawn("nginx", ["nginx", "-c", srv / "nginx.conf", "-e", logs / "nginx/error.log"])
 
 

@@ -1,7 +1,11 @@
 """supervisord behaviour that a container needs and supervisord lacks.
 
 supervisord runs the factory of every `[rpcinterface:x]` section inside its own process at
-start; this one subscribes to two process events:
+start, after it has made its process groups. This one keeps the listening socket of each
+`[fcgi-program:x]` open for as long as supervisord runs: supervisord would close it whenever
+the program is not running, and the connections waiting in its backlog with it, so a
+restart would refuse connections instead of delaying them. And it subscribes to two
+process events:
 
 - A program exits: whatever is left of its process group is killed. When an nginx master
   dies its workers live on holding port 80, and the master supervisord starts next cannot
@@ -18,6 +22,7 @@ import signal
 import sys
 
 from supervisor import events
+from supervisor.process import FastCGIProcessGroup
 from supervisor.states import SupervisorStates
 
 FATAL_EXIT_STATUS = 1
@@ -29,6 +34,9 @@ class ContainerBehaviour:
     def __init__(self, supervisord):
         self.supervisord = supervisord
         self.fatal = []
+        self.held_sockets = [group.socket_manager.get_socket()
+                             for group in supervisord.process_groups.values()
+                             if isinstance(group, FastCGIProcessGroup)]
         events.subscribe(events.ProcessStateExitedEvent, self.kill_leftovers)
         events.subscribe(events.ProcessStateBackoffEvent, self.kill_leftovers)  # exited while starting
         events.subscribe(events.ProcessStateFatalEvent, self.exit_on_fatal)

@@ -95,17 +95,11 @@ def wsgi_app_path(raw: str) -> str:
     raise ValueError("module:variable, e.g. myservice.wsgi:app or myservice:create_app()")
 
 
-def nginx_size(raw: str) -> str:
-    if re.fullmatch(r"\d+[kKmMgG]?", raw.strip()):
-        return raw.strip().lower()
-    raise ValueError("a size in bytes with an optional k, m or g suffix, e.g. 10m (0: no limit)")
-
-
 def size_in_bytes(raw: str) -> int:
     match = re.fullmatch(r"(\d+)([kmg]?)", raw.strip().lower())
     if match:
         return int(match[1]) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[match[2]]
-    raise ValueError("a size in bytes with an optional k, m or g suffix, e.g. 50m")
+    raise ValueError("a size in bytes with an optional k, m or g suffix, e.g. 10m")
 
 
 def redis_url(raw: str) -> str:
@@ -155,7 +149,7 @@ VARIABLES = (
              "level of gunicorn's and the app's logs, and of nginx's error log"),
     Variable("APP_MODULE", wsgi_app_path, _fixed("app.wsgi:app"),
              "the WSGI application gunicorn serves"),
-    Variable("CLIENT_MAX_BODY_SIZE", nginx_size, _fixed("10m"),
+    Variable("CLIENT_MAX_BODY_SIZE", size_in_bytes, _fixed("10m"),
              "largest request body nginx accepts (larger: 413)"),
     Variable("PROXY_READ_TIMEOUT", whole_number(1, 86_400), _fixed("90"),
              "seconds nginx waits for the app to answer (longer: 504); above JOB_MAX_SECONDS"),
@@ -197,7 +191,7 @@ class Settings:
     keep_alive: int
     log_level: str
     app_module: str
-    client_max_body_size: str
+    client_max_body_size: int
     proxy_read_timeout: int
     trusted_proxies: tuple[str, ...]
     job_max_seconds: float

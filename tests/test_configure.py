@@ -20,7 +20,7 @@ def test_writes_the_nginx_settings_from_the_environment(tmp_path):
                        KEEP_ALIVE="5", GRACEFUL_TIMEOUT="4", LOG_LEVEL="warning")
     assert result.returncode == 0, result.stderr
     http = (tmp_path / "http.conf").read_text()
-    assert "client_max_body_size 1m;" in http
+    assert "client_max_body_size 1048576;" in http
     assert "proxy_read_timeout 120s;" in http
     assert "keepalive_timeout 5s;" in http
     assert "real_ip" not in http  # no proxy is trusted by default

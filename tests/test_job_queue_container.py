@@ -102,7 +102,7 @@ def test_healthz_keeps_answering_while_cpu_work_saturates_every_worker(container
 
 
 REDIS_IMAGE = "flask-stack-test-redis"
-REDIS_DOCKERFILE = f"""FROM debian:bookworm-slim
+REDIS_DOCKERFILE = """FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/*
 USER redis
 CMD ["redis-server", "--protected-mode", "no", "--save", ""]

@@ -159,14 +159,14 @@ class JobQueue:
         self.huey.enqueue(task)
         return record
 
-    def cancel(self, job_id: str) -> dict:
-        """Cancel a queued job; JobNotCancelable once it has started."""
-        record = self.record(job_id)
+    def cancel(self, record: dict) -> dict:
+        """Cancel a queued job (its record, as read); JobNotCancelable once it has started."""
         if record["status"] != "queued":
-            raise JobNotCancelable(f"job {job_id} is {record['status']}: only a queued job can be canceled")
-        self.huey.revoke_by_id(job_id)
-        self._update(job_id, status="canceled", finished_at=now())
-        return self.record(job_id)
+            raise JobNotCancelable(f"job {record['id']} is {record['status']}: only a queued job can be canceled")
+        self.huey.revoke_by_id(record["id"])
+        canceled = {**record, "status": "canceled", "finished_at": now()}
+        self._save(canceled)
+        return canceled
 
     # --- the consumer side -----------------------------------------------------------
     def _connect_signals(self) -> None:

@@ -46,8 +46,7 @@ def status(job_id):
 
 @bp.delete("/<job_id>")
 def cancel(job_id):
-    existing_record(job_id)
     try:
-        return jsonify(job_queue().cancel(job_id))
+        return jsonify(job_queue().cancel(existing_record(job_id)))
     except JobNotCancelable as error:
         abort(409, description=str(error))

@@ -1,6 +1,8 @@
 # nginx -> gunicorn (gevent) -> Flask, under supervisord, in one container.
 # Built with the classic builder: no BuildKit-only syntax.
-FROM debian:bookworm-slim
+
+# Stage 1: the Python packages, in a virtualenv that the final image copies without pip.
+FROM debian:bookworm-slim AS packages
 
 # pip reads these from the environment: point the build at a company mirror or a wheelhouse
 # (docker build --build-arg PIP_INDEX_URL=https://mirror.example/simple ...).
@@ -10,10 +12,27 @@ ARG PIP_NO_INDEX
 
 RUN set -eux; \
     apt-get update; \
+    apt-get install -y --no-install-recommends binutils python3-venv; \
+    rm -rf /var/lib/apt/lists/*
+
+COPY requirements.txt /tmp/
+# What only building needs stays here: pip, setuptools, the packages' own test suites and
+# the extensions' debugging symbols (27 MB; the image's budget is 150 MB).
+RUN set -eux; \
+    python3 -m venv /opt/venv; \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt; \
+    /opt/venv/bin/pip uninstall -y --disable-pip-version-check setuptools pip; \
+    find /opt/venv -depth -type d -name tests -exec rm -rf {} +; \
+    find /opt/venv -name '*.so' -exec strip --strip-unneeded {} +
+
+# Stage 2: the image.
+FROM debian:bookworm-slim
+
+RUN set -eux; \
+    apt-get update; \
     apt-get install -y --no-install-recommends \
         nginx \
         python3 \
-        python3-venv \
     ; \
     apt-get clean; \
     rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled /usr/share/doc/* /usr/share/man/*; \
@@ -27,12 +46,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/srv \
     PYTHONUNBUFFERED=1
 
-# Dependencies before the code, so that a code change does not reinstall them.
-COPY requirements.txt /srv/
+COPY --from=packages /opt/venv /opt/venv
 RUN set -eux; \
-    python3 -m venv /opt/venv; \
-    pip install --no-cache-dir --disable-pip-version-check -r /srv/requirements.txt; \
-    pip uninstall -y --disable-pip-version-check setuptools; \
     supervisord --version; \
     gunicorn --version; \
     nginx -v
@@ -45,8 +60,9 @@ RUN python3 -m compileall -q /srv/app /srv/deploy /srv/gunicorn_config.py
 
 WORKDIR /srv
 EXPOSE 80
-# Through nginx, so it proves the whole chain; every 5 s so a fresh container is marked healthy soon.
-HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
+# Through nginx, so it proves the whole chain. Every 2 s, so that a fresh container is healthy
+# about 2 s after `docker run` (Docker 20.10 has no --start-interval); a check costs ~0.07 s of CPU.
+HEALTHCHECK --interval=2s --timeout=2s --start-period=30s --retries=3 \
     CMD ["python3", "-m", "deploy.healthcheck"]
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["supervisord", "-c", "/srv/supervisord.conf"]

@@ -9,6 +9,7 @@ bench/results/: results.json, results.md and chart.png.
 import asyncio
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -274,9 +275,18 @@ def cpu_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def docker_proxy_cpu_seconds() -> float:
+    """CPU time of Docker's userland proxies, which copy every byte of a published port on loopback."""
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["name"] == "docker-proxy" and process.info["cpu_times"]:
+            total += process.info["cpu_times"].user + process.info["cpu_times"].system
+    return total
+
+
 def wrk(port: int, connections: int, seconds: float) -> dict:
     """wrk for `seconds` on the fast path: successful requests/s, latency, errors, and the cores wrk used."""
-    before = cpu_seconds(resource.RUSAGE_CHILDREN)
+    before, proxy_before = cpu_seconds(resource.RUSAGE_CHILDREN), docker_proxy_cpu_seconds()
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout=10s",
                "-s", BENCH / "wrk-json.lua", f"http://127.0.0.1:{port}{FAST_PATH}"]
     run = subprocess.run([str(part) for part in command], capture_output=True, text=True,
@@ -289,6 +299,7 @@ def wrk(port: int, connections: int, seconds: float) -> dict:
         "p99_ms": summary["p99_us"] / 1000,
         "errors": sum(summary[kind] for kind in ("connect", "read", "write", "status", "timeout")),
         "client_cores": round((cpu_seconds(resource.RUSAGE_CHILDREN) - before) / duration, 2),
+        "docker_proxy_cores": round((docker_proxy_cpu_seconds() - proxy_before) / duration, 2),
     }
 
 
@@ -371,7 +382,30 @@ def container_facts(work: Path) -> dict:
                 raise RuntimeError("the container was not healthy within 60 s")
             time.sleep(0.1)
         facts["healthy_s"] = round(time.monotonic() - started, 2)
+        time.sleep(3)  # idle
+        # The container's memory as Docker counts it (its cgroup: each page once), and each
+        # program's share of it (PSS of its processes).
+        facts["cgroup_mb"] = megabytes(docker("stats", "--no-stream", "--format", "{{.MemUsage}}",
+                                              server.container).split("/")[0])
+        programs: dict[str, float] = {}
+        root = psutil.Process(server.pids()[0])
+        for process in [root, *root.children(recursive=True)]:
+            name = program_name(process)
+            programs[name] = programs.get(name, 0) + process.memory_full_info().pss / 1e6
+        facts["programs_pss_mb"] = {name: round(mb) for name, mb in sorted(programs.items(), key=lambda item: -item[1])}
     return facts
+
+
+def megabytes(size: str) -> int:
+    """Docker's "132.1MiB" (or kB, GiB...) in MB."""
+    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]+)\s*", size).groups()
+    return round(float(number) * {"B": 1, "kB": 1e3, "KiB": 2**10, "MB": 1e6, "MiB": 2**20, "GB": 1e9, "GiB": 2**30}[unit] / 1e6)
+
+
+def program_name(process: psutil.Process) -> str:
+    """The program a process belongs to: its command name, or for `python3 -m module`, the module."""
+    command = process.cmdline()
+    return command[command.index("-m") + 1] if "-m" in command[:2] else process.name()
 
 
 def wait_for_quiet_machine() -> None:

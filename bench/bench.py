@@ -417,6 +417,8 @@ def wait_for_quiet_machine() -> None:
 
 
 def main() -> None:
+    # SIGTERM (a `timeout`, a kill) unwinds like Ctrl-C, so every server started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2000 connections, for wrk and servers too
     wait_for_quiet_machine()

@@ -72,7 +72,7 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
         for connections, run in container["fast"].items():
             ratio = run["rps"] / stack["fast"][connections]["rps"]
             rows.append((f"container ≥ 90% of native, fast path c{connections}",
-                         f"{ratio:.0%}; Docker's userland proxy on the published port used "
+                         f"{ratio:.1%}; Docker's userland proxy on the published port used "
                          f"{run.get('docker_proxy_cores', 0):.2f} of the {results['machine']['cores']} cores",
                          ratio >= 0.9))
     if "container" in results:

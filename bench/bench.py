@@ -230,22 +230,26 @@ def wait_until_ready(server: Server, port: int, deadline: float = 60) -> None:
 
 # --- Measurements ----------------------------------------------------------------------
 
-def memory(server: Server, full: bool = False) -> dict:
-    """RSS (and with `full`, PSS: shared pages counted once) of every process of the server, in MB."""
+def process_memory(server: Server, full: bool) -> list[tuple[psutil.Process, object]]:
+    """Each process of the server with its memory info (with `full`, also PSS); one that ended meanwhile is left out."""
     processes = []
     for pid in server.pids():
         root = psutil.Process(pid)
         processes += [root, *root.children(recursive=True)]
-    rss = pss = 0
+    found = []
     for process in processes:
         try:
-            info = process.memory_full_info() if full else process.memory_info()
+            found.append((process, process.memory_full_info() if full else process.memory_info()))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        rss += info.rss
-        pss += getattr(info, "pss", 0)
-    result = {"rss_mb": round(rss / 2**20, 1), "processes": len(processes)}
-    return {**result, "pss_mb": round(pss / 2**20, 1)} if full else result
+    return found
+
+
+def memory(server: Server, full: bool = False) -> dict:
+    """RSS (and with `full`, PSS: shared pages counted once) of every process of the server, in MB."""
+    infos = [info for _, info in process_memory(server, full)]
+    result = {"rss_mb": round(sum(info.rss for info in infos) / 2**20, 1), "processes": len(infos)}
+    return {**result, "pss_mb": round(sum(info.pss for info in infos) / 2**20, 1)} if full else result
 
 
 @contextmanager
@@ -388,17 +392,22 @@ def container_facts(work: Path) -> dict:
         facts["cgroup_mb"] = megabytes(docker("stats", "--no-stream", "--format", "{{.MemUsage}}",
                                               server.container).split("/")[0])
         programs: dict[str, float] = {}
-        root = psutil.Process(server.pids()[0])
-        for process in [root, *root.children(recursive=True)]:
-            name = program_name(process)
-            programs[name] = programs.get(name, 0) + process.memory_full_info().pss / 1e6
+        for process, info in process_memory(server, full=True):
+            try:
+                name = program_name(process)
+            except psutil.NoSuchProcess:  # e.g. a health check that has just ended
+                continue
+            programs[name] = programs.get(name, 0) + info.pss / 1e6
         facts["programs_pss_mb"] = {name: round(mb) for name, mb in sorted(programs.items(), key=lambda item: -item[1])}
     return facts
 
 
 def megabytes(size: str) -> int:
     """Docker's "132.1MiB" (or kB, GiB...) in MB."""
-    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([A-Za-z]+)\s*", size).groups()
+    match = re.fullmatch(r"\s*([\d.]+)\s*(B|kB|KiB|MB|MiB|GB|GiB)\s*", size)
+    if not match:
+        raise RuntimeError(f"docker stats gave a memory size this benchmark cannot read: {size!r}")
+    number, unit = match.groups()
     return round(float(number) * {"B": 1, "kB": 1e3, "KiB": 2**10, "MB": 1e6, "MiB": 2**20, "GB": 1e9, "GiB": 2**30}[unit] / 1e6)
 
 

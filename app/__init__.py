@@ -1,33 +1,22 @@
-"""The example service: an application factory, as in Flask's tutorial. Replace it with yours."""
+"""The example service: an application factory with blueprints, as in Flask's tutorial.
+Replace this package with yours: the stack (deploy/) does not depend on it."""
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import cpu, errors, health, jobs, jobs_api, network
-from app.background import BackgroundTasks
-from app.job_queue import JobQueue
-from deploy.settings import Settings
+from app import after_response, config, cpu, index, network, tasks, waiting  # noqa: F401  (tasks: registers the jobs)
+from deploy import jobs
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Create the app; `settings` defaults to the validated environment (deploy.settings)."""
-    settings = settings or Settings.from_env()
+def create_app(test_config: dict | None = None) -> Flask:
+    """Create the app: its settings from the environment (app/config.py), then `test_config`."""
     app = Flask(__name__)
-    app.config.from_mapping(
-        DEBUG=False,
-        JOB_MAX_SECONDS=settings.job_max_seconds,
-    )
-    app.extensions["background_tasks"] = BackgroundTasks(settings.background_tasks_max, app.logger)
-    app.extensions["job_queue"] = JobQueue(settings)
-    cpu.size_threadpool(settings.cpu_threads)
+    app.config.from_mapping(config.from_env())
+    if test_config:
+        app.config.from_mapping(test_config)
 
-    # Exactly one proxy (nginx) stands in front: trust one hop of each X-Forwarded-* header.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    jobs.init_app(app)      # POST/GET/DELETE /jobs for the tasks of app/tasks.py
+    jobs.json_errors(app)   # an API: every error, a 404 or 405 too, is JSON
 
-    errors.register(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(jobs_api.bp)
-    app.register_blueprint(cpu.bp)
-    app.register_blueprint(network.bp)
+    for blueprint in (index.bp, waiting.bp, after_response.bp, cpu.bp, network.bp):
+        app.register_blueprint(blueprint)
     return app

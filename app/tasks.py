@@ -2,42 +2,43 @@
 
 Under gunicorn's gevent worker `time.sleep` yields to the event loop, so one worker serves
 other requests while job1 and job2 wait. `digest` computes: in a request it must run in an
-OS thread (app/cpu.py); in the job queue, a process or thread consumer runs it.
+OS thread (app/cpu.py: in_os_thread); in the job queue, a process or thread consumer runs it.
 The three are also registered as durable jobs (POST /jobs).
 """
 
 import hashlib
 import time
+from collections.abc import Mapping
 
-from app.job_queue import jobs
+from deploy.jobs import task
 
 MAX_DIGEST_ROUNDS = 5_000_000
 
 
-def check_seconds(args: dict, config: dict) -> None:
+def check_seconds(args: dict, config: Mapping) -> None:
     limit = config["JOB_MAX_SECONDS"]
     if "seconds" in args and not 0 <= args["seconds"] <= limit:
         raise ValueError(f"seconds must be a number from 0 to {limit:g}")
 
 
-def check_rounds(args: dict, config: dict) -> None:
+def check_rounds(args: dict, config: Mapping) -> None:
     if not 1 <= args["rounds"] <= MAX_DIGEST_ROUNDS:
         raise ValueError(f"rounds must be a whole number from 1 to {MAX_DIGEST_ROUNDS}")
 
 
-@jobs.task(check=check_seconds)
+@task(check=check_seconds)
 def job1(seconds: float = 10) -> dict:
     time.sleep(seconds)
     return {"task": "job1", "seconds": seconds}
 
 
-@jobs.task(check=check_seconds)
+@task(check=check_seconds)
 def job2(arg1: str, arg2: str, seconds: float = 5) -> dict:
     time.sleep(seconds)
     return {"task": "job2", "arg1": arg1, "arg2": arg2, "seconds": seconds}
 
 
-@jobs.task(check=check_rounds)
+@task(check=check_rounds)
 def digest(rounds: int) -> dict:
     """CPU-bound: PBKDF2-SHA256 for `rounds` iterations (OpenSSL, outside the GIL)."""
     key = hashlib.pbkdf2_hmac("sha256", b"flask-stack", b"example-salt", rounds)

@@ -20,10 +20,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -408,7 +408,8 @@ def megabytes(size: str) -> int:
     if not match:
         raise RuntimeError(f"docker stats gave a memory size this benchmark cannot read: {size!r}")
     number, unit = match.groups()
-    return round(float(number) * {"B": 1, "kB": 1e3, "KiB": 2**10, "MB": 1e6, "MiB": 2**20, "GB": 1e9, "GiB": 2**30}[unit] / 1e6)
+    bytes_per_unit = {"B": 1, "kB": 1e3, "KiB": 2**10, "MB": 1e6, "MiB": 2**20, "GB": 1e9, "GiB": 2**30}
+    return round(float(number) * bytes_per_unit[unit] / 1e6)
 
 
 def program_name(process: psutil.Process) -> str:

@@ -1,16 +1,30 @@
-"""Validate the environment, then write the nginx settings that come from it.
+"""Validate the environment, then write what nginx and the entrypoint need from it.
 
-Run by the entrypoint before anything starts: `python -m deploy.configure [OUTPUT_DIR]`.
+Run by the entrypoint before anything starts:
+
+    python -m deploy.configure               validate; write nginx's settings; print the shell
+                                             lines for the entrypoint to `eval`
+    python -m deploy.configure environment   validate; print the shell lines only (run-as-stack)
+
 Exit status 2 and one line per bad variable on stderr when the configuration is unusable.
-nginx cannot read environment variables, so nginx.conf includes the two files written here.
-On stdout: which supervisord programs start for ROLE, as NAME=true|false words for the
-entrypoint to export (supervisord.conf reads them as %(ENV_NAME)s).
+The shell lines export which supervisord programs start (ROLE, DRAIN_SECONDS) as
+NAME=true|false for supervisord.conf's %(ENV_NAME)s, and the secrets given as files
+(NAME_FILE) as NAME, so that every process sees them as plain variables.
+
+nginx reads no environment variables: this writes $STACK_RUN_DIR/nginx/, where nginx runs
+(`nginx -p $STACK_RUN_DIR/nginx/ -c $STACK_RUN_DIR/nginx/nginx.conf`): nginx.conf includes
+the image's /srv/nginx.conf, whose relative includes (main.conf, http.conf, server.conf)
+are the files written here.
 """
 
 import os
+import shlex
 import sys
+from pathlib import Path
 
-from deploy.settings import RUN_DIR, ConfigError, Settings
+from deploy.settings import ConfigError, Settings, secret_values
+
+STACK_NGINX_CONF = Path(__file__).resolve().parent.parent / "nginx.conf"
 
 # nginx's `info` reports every client connection closing: LOG_LEVEL=info means its `notice`.
 NGINX_LOG_LEVELS = {"info": "notice", "warning": "warn", "critical": "crit"}
@@ -19,7 +33,7 @@ NGINX_LOG_LEVELS = {"info": "notice", "warning": "warn", "critical": "crit"}
 def nginx_main_settings(settings: Settings) -> str:
     level = NGINX_LOG_LEVELS.get(settings.log_level, settings.log_level)
     return (
-        f"error_log /var/log/app/nginx/error.log {level};\n"
+        f"error_log {settings.stack_log_dir}/nginx/error.log {level};\n"
         # A stop or reload closes connections still open after this, so `docker stop` ends in time.
         f"worker_shutdown_timeout {settings.graceful_timeout}s;\n"
     )
@@ -27,29 +41,71 @@ def nginx_main_settings(settings: Settings) -> str:
 
 def nginx_http_settings(settings: Settings) -> str:
     lines = [
+        f"access_log {settings.stack_log_dir}/nginx/access.log main;",
         f"client_max_body_size {settings.client_max_body_size};",
         f"keepalive_timeout {settings.keep_alive}s;",
         f"proxy_read_timeout {settings.proxy_read_timeout}s;",
+        # The peers whose X-Forwarded-* headers nginx believes ($trusted_proxy: 1 or 0).
+        "geo $realip_remote_addr $trusted_proxy {",
+        "    default 0;",
+        *(f"    {network} 1;" for network in settings.trusted_proxies),
+        "}",
     ]
     if settings.trusted_proxies:
         # Behind a trusted load balancer the client is the rightmost untrusted X-Forwarded-For entry.
         lines += [f"set_real_ip_from {network};" for network in settings.trusted_proxies]
         lines += ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
+    lines += [
+        # fail_timeout=0: never mark the only upstream as down after an error. No `keepalive`:
+        # each request takes a new connection from gunicorn's accept queue, in order.
+        "upstream gunicorn {",
+        f"    server unix:{settings.stack_run_dir}/gunicorn.sock fail_timeout=0;",
+        "}",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def program_switches(settings: Settings) -> str:
+def nginx_server_settings(settings: Settings) -> str:
+    if not settings.static_path:
+        return "# STATIC_PATH is not set: nginx serves no static files itself.\n"
+    return (
+        f"# STATIC_PATH: nginx serves {settings.static_url} from {settings.static_path}/; gunicorn never sees these.\n"
+        f"location ^~ {settings.static_url} {{\n"
+        f"    alias {settings.static_path}/;\n"
+        f"    add_header Cache-Control \"public, max-age={settings.static_max_age}\" always;\n"
+        "    include response-headers.conf;\n"
+        "}\n"
+    )
+
+
+# Headers on every answer, nginx's own and the app's. A location with an add_header of its
+# own inherits none from the server, so each location includes this.
+RESPONSE_HEADERS = "add_header X-Request-ID $request_id always;\n"
+
+
+def write_nginx_settings(settings: Settings) -> None:
+    directory = Path(settings.stack_run_dir) / "nginx"
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        "nginx.conf": f"# Written by deploy/configure.py at the container's start.\ninclude {STACK_NGINX_CONF};\n",
+        "main.conf": nginx_main_settings(settings),
+        "http.conf": nginx_http_settings(settings),
+        "server.conf": nginx_server_settings(settings),
+        "response-headers.conf": RESPONSE_HEADERS,
+    }
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def shell_lines(settings: Settings, environ=os.environ) -> str:
+    """What the entrypoint evaluates: the programs' switches, and the secrets read from files."""
     web = settings.role in ("all", "web")
     jobs = settings.role in ("all", "worker")
-    return f"WEB_AUTOSTART={str(web).lower()} JOBS_AUTOSTART={str(jobs).lower()}"
-
-
-def write_nginx_settings(settings: Settings, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    for name, text in (("main.conf", nginx_main_settings(settings)),
-                       ("http.conf", nginx_http_settings(settings))):
-        with open(os.path.join(directory, name), "w") as f:
-            f.write(text)
+    lines = [f"export WEB_AUTOSTART={str(web).lower()} JOBS_AUTOSTART={str(jobs).lower()}"]
+    for name, value in secret_values(environ).items():
+        lines.append(f"export {name}={shlex.quote(value)}")
+        lines.append(f"unset {name}_FILE")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
@@ -59,8 +115,9 @@ def main(argv: list[str]) -> int:
         for line in str(error).splitlines():
             print(f"configuration error: {line}", file=sys.stderr)
         return 2
-    write_nginx_settings(settings, argv[1] if len(argv) > 1 else os.path.join(RUN_DIR, "nginx"))
-    print(program_switches(settings))
+    if argv[1:] != ["environment"]:
+        write_nginx_settings(settings)
+    print(shell_lines(settings))
     return 0
 
 

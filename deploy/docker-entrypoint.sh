@@ -1,10 +1,14 @@
 #!/bin/sh
 # Prepare the container, then exec the command (supervisord by default). Any other command,
 # e.g. `docker run -it flask-stack sh`, runs as given.
+#
+# For supervisord: as root, pick the user everything runs as and give it the log and data
+# folders; as that user, validate the configuration (a bad variable stops the container
+# here, naming it), write nginx's settings, check the folders, run the prestart hooks in
+# /docker-entrypoint.d/, and exec supervisord.
 set -eu
 
-LOG_DIR=/var/log/app
-DATA_DIR=/var/lib/app
+HOOKS_DIR=/docker-entrypoint.d
 IMAGE_USER=app
 
 say() { echo "docker-entrypoint: $*" >&2; }
@@ -14,16 +18,16 @@ if [ "${1:-}" = supervisord ]; then
         # Run everything as the owner of the mounted log folder, so that the host user owns
         # every file written there. A root-owned folder (Docker made it, or a named volume)
         # is given to the image's unprivileged user instead: nothing here runs as root.
-        owner=$(stat -c %u:%g "$LOG_DIR")
+        owner=$(stat -c %u:%g "$STACK_LOG_DIR")
         case "$owner" in
             0:*)
-                chown "$IMAGE_USER:$IMAGE_USER" "$LOG_DIR"
+                chown "$IMAGE_USER:$IMAGE_USER" "$STACK_LOG_DIR"
                 owner="$(id -u "$IMAGE_USER"):$(id -g "$IMAGE_USER")"
                 ;;
         esac
-        # The job queue's folder follows, unless its owner was chosen (a mounted host folder).
-        case "$(stat -c %u "$DATA_DIR")" in
-            0|"$(id -u "$IMAGE_USER")") chown "$owner" "$DATA_DIR" ;;
+        # The data folder follows, unless its owner was chosen (a mounted host folder).
+        case "$(stat -c %u "$STACK_DATA_DIR")" in
+            0|"$(id -u "$IMAGE_USER")") chown "$owner" "$STACK_DATA_DIR" ;;
         esac
         # The user must be able to reopen the container's stdout and stderr by name.
         chown "$owner" /proc/self/fd/1 /proc/self/fd/2 2>/dev/null || true
@@ -31,21 +35,38 @@ if [ "${1:-}" = supervisord ]; then
     fi
 
     # Every variable is checked before anything starts; a bad one stops the container here.
-    # What it prints says which programs supervisord starts (ROLE).
-    switches=$(python3 -m deploy.configure)
-    export $switches
+    # What it prints exports the programs' switches (ROLE) and the secrets given as files.
+    environment=$(python3 -m deploy.configure) || exit $?
+    eval "$environment"
 
-    if ! grep -q " $LOG_DIR " /proc/self/mountinfo; then
-        say "warning: no volume is mounted at $LOG_DIR; the logs stay inside the container" \
-            "(docker run -v \"\$PWD/logs:$LOG_DIR\" ...)"
+    if ! grep -q " $STACK_LOG_DIR " /proc/self/mountinfo; then
+        say "warning: no volume is mounted at $STACK_LOG_DIR; the logs stay inside the container" \
+            "(docker run -v \"\$PWD/logs:$STACK_LOG_DIR\" ...)"
     fi
-    mkdir -p "$LOG_DIR/nginx" "$LOG_DIR/gunicorn" "$LOG_DIR/app" "$LOG_DIR/jobs" 2>/dev/null || true
-    unwritable=$(find "$LOG_DIR" "$DATA_DIR" -maxdepth 2 ! -writable -print -quit)
+    mkdir -p "$STACK_LOG_DIR/nginx" "$STACK_LOG_DIR/gunicorn" "$STACK_LOG_DIR/app" "$STACK_LOG_DIR/jobs" \
+        "$STACK_DATA_DIR/instance" 2>/dev/null || true
+    unwritable=$(find "$STACK_LOG_DIR" "$STACK_DATA_DIR" -maxdepth 2 ! -writable -print -quit)
     if [ -n "$unwritable" ]; then
         say "error: $unwritable is not writable by uid $(id -u) gid $(id -g)." \
             "Make the mounted folder writable by that user (chown), or run without --user."
         exit 1
     fi
+
+    # Prestart hooks: every executable file of the folder, in name order, as this user. The
+    # loop runs in a pipeline's subshell: its failure is the pipeline's, and `set -e` stops here.
+    find "$HOOKS_DIR" -mindepth 1 -maxdepth 1 ! -type d 2>/dev/null | sort | while IFS= read -r hook; do
+        if [ ! -x "$hook" ]; then
+            say "skipping $hook: not executable (chmod +x it to run it)"
+            continue
+        fi
+        say "running $hook"
+        status=0
+        "$hook" </dev/null || status=$?
+        if [ "$status" -ne 0 ]; then
+            say "error: $hook failed with exit status $status; the container stops"
+            exit 1
+        fi
+    done
 fi
 
 exec "$@"

@@ -1,22 +1,22 @@
-"""The one place that reads the image's configuration.
+"""The one place that reads the stack's configuration.
 
 Every environment variable the stack understands is listed in `VARIABLES` with its default
 and the values it accepts. `Settings.from_env()` reads and validates them all at once; a bad
 value raises `ConfigError` naming the variable and what it accepts. The container's
 entrypoint runs this before anything starts (`python -m deploy.configure`), and gunicorn's
-config and the example app read the same validated object.
+config, the WSGI wrapper and the job consumer read the same validated object.
+
+A variable marked secret may instead be given as a file, NAME_FILE (Docker and Kubernetes
+secrets), as the official database images do: the file's content, without its trailing
+newline, is the value. Setting both is an error naming both.
 """
 
 import ipaddress
 import math
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
-
-LOG_DIR = "/var/log/app"
-RUN_DIR = "/run/flask-stack"
-DATA_DIR = "/var/lib/app"
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -68,18 +68,6 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def number(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if low < value <= high:
-            return value
-        raise ValueError(f"a number greater than {low:g} and at most {high:g}")
-    return parse
-
-
 def one_of(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw.strip().lower() in choices:
@@ -93,6 +81,13 @@ def wsgi_app_path(raw: str) -> str:
     if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\(.*\))?", raw.strip()):
         return raw.strip()
     raise ValueError("module:variable, e.g. myservice.wsgi:app or myservice:create_app()")
+
+
+def module_names(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if names and all(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name) for name in names):
+        return names
+    raise ValueError("Python module names separated by commas, e.g. myservice.tasks,myservice.reports")
 
 
 def size_in_bytes(raw: str) -> int:
@@ -114,6 +109,28 @@ def absolute_path(raw: str) -> str:
     raise ValueError("an absolute path")
 
 
+def folder(raw: str) -> str:
+    # nginx reads it too: no characters that would end or bend a directive.
+    if re.fullmatch(r"/[\w./-]*", raw.strip()):
+        return raw.strip().rstrip("/") or "/"
+    raise ValueError("an absolute path of letters, digits and . _ - /")
+
+
+def optional_folder(raw: str) -> str:
+    if raw.strip() == "":
+        return ""
+    try:
+        return folder(raw)
+    except ValueError:
+        raise ValueError("an absolute path of letters, digits and . _ - /, or empty for none") from None
+
+
+def url_prefix(raw: str) -> str:
+    if re.fullmatch(r"/([\w.~-]+/)+", raw.strip()):
+        return raw.strip()
+    raise ValueError("a URL path that starts and ends with /, e.g. /static/")
+
+
 def networks(raw: str) -> tuple[str, ...]:
     items = [item for item in re.split(r"[,\s]+", raw.strip()) if item]
     try:
@@ -122,101 +139,172 @@ def networks(raw: str) -> tuple[str, ...]:
         raise ValueError("IP addresses or CIDR networks separated by commas, e.g. 10.0.0.0/8,192.168.1.10") from None
 
 
+def any_text(raw: str) -> str:
+    return raw
+
+
 @dataclass(frozen=True)
 class Variable:
     name: str
     parse: Callable[[str], object]
-    default: Callable[[], str]
+    # The raw default: a string, or a function of the values parsed before this variable.
+    default: str | Callable[[dict], str]
     meaning: str
+    secret: bool = False  # may be given as a file: NAME_FILE
 
 
-def _fixed(value: str) -> Callable[[], str]:
-    return lambda: value
+def _module_of_app(values: dict) -> str:
+    return values["app_module"].split(":", 1)[0]
+
+
+def _in_data_dir(name: str) -> Callable[[dict], str]:
+    return lambda values: f"{values['stack_data_dir']}/{name}"
 
 
 VARIABLES = (
-    Variable("WEB_CONCURRENCY", whole_number(1, 64), lambda: str(default_web_concurrency()),
-             "gunicorn worker processes (default: the CPUs the container may use, at most 8)"),
-    Variable("WORKER_CONNECTIONS", whole_number(1, 100_000), _fixed("1000"),
-             "concurrent requests each gevent worker serves"),
-    Variable("TIMEOUT", whole_number(1, 3600), _fixed("30"),
-             "seconds a silent gunicorn worker may block its event loop before it is killed and replaced"),
-    Variable("GRACEFUL_TIMEOUT", whole_number(1, 3600), _fixed("8"),
-             "seconds nginx and gunicorn give in-flight requests on stop or reload (below Docker's 10 s stop timeout)"),
-    Variable("KEEP_ALIVE", whole_number(0, 3600), _fixed("75"),
-             "seconds nginx keeps an idle client connection open (0: no keep-alive)"),
-    Variable("LOG_LEVEL", one_of(*LOG_LEVELS), _fixed("info"),
-             "level of gunicorn's and the app's logs, and of nginx's error log"),
-    Variable("APP_MODULE", wsgi_app_path, _fixed("app.wsgi:app"),
+    # The container's folders: set once, by the image (the Dockerfile's ENV); the shell
+    # scripts and supervisord.conf read the same variables, and deploy/configure.py writes
+    # them into nginx's settings. Not for users to change at run time.
+    Variable("STACK_LOG_DIR", folder, "",
+             "the image's log folder, where a host folder is mounted (set by the Dockerfile)"),
+    Variable("STACK_RUN_DIR", folder, "",
+             "the image's folder for sockets, pid files and generated settings, a tmpfs (set by the Dockerfile)"),
+    Variable("STACK_DATA_DIR", folder, "",
+             "the image's data folder: the job queue's database, the app's instance folder (set by the Dockerfile)"),
+    Variable("APP_MODULE", wsgi_app_path, "app.wsgi:app",
              "the WSGI application gunicorn serves"),
-    Variable("CLIENT_MAX_BODY_SIZE", size_in_bytes, _fixed("10m"),
+    Variable("JOB_MODULES", module_names, _module_of_app,
+             "modules the job consumer imports to register the tasks (default: the module of APP_MODULE)"),
+    Variable("ROLE", one_of("all", "web", "worker"), "all",
+             "programs the container runs: all (nginx, gunicorn, job consumer), web (no consumer), "
+             "worker (consumer only)"),
+    Variable("WEB_CONCURRENCY", whole_number(1, 64), lambda values: str(default_web_concurrency()),
+             "gunicorn worker processes (default: the CPUs the container may use, at most 8)"),
+    Variable("WORKER_CONNECTIONS", whole_number(1, 100_000), "1000",
+             "concurrent requests each gevent worker serves"),
+    Variable("TIMEOUT", whole_number(1, 3600), "30",
+             "seconds a silent gunicorn worker may block its event loop before it is killed and replaced"),
+    Variable("GRACEFUL_TIMEOUT", whole_number(1, 3600), "8",
+             "seconds nginx and gunicorn give in-flight requests on stop or reload (below Docker's 10 s stop timeout)"),
+    Variable("KEEP_ALIVE", whole_number(0, 3600), "75",
+             "seconds nginx keeps an idle client connection open (0: no keep-alive)"),
+    Variable("LOG_LEVEL", one_of(*LOG_LEVELS), "info",
+             "level of gunicorn's and the app's logs, and of nginx's error log"),
+    Variable("CLIENT_MAX_BODY_SIZE", size_in_bytes, "10m",
              "largest request body nginx accepts (larger: 413)"),
-    Variable("PROXY_READ_TIMEOUT", whole_number(1, 86_400), _fixed("90"),
-             "seconds nginx waits for the app to answer (longer: 504); above JOB_MAX_SECONDS"),
-    Variable("TRUSTED_PROXIES", networks, _fixed(""),
-             "load balancers in front of this container whose X-Forwarded-For nginx believes (default: none)"),
-    Variable("JOB_MAX_SECONDS", number(0, 86_400), _fixed("60"),
-             "largest `seconds` the example /job1 and /job2 accept"),
-    Variable("BACKGROUND_TASKS_MAX", whole_number(1, 10_000), _fixed("100"),
-             "background tasks (/job) each worker holds at once (more: 503)"),
-    Variable("MAX_REQUESTS", whole_number(0, 10_000_000), _fixed("10000"),
-             "requests a gunicorn worker serves before it is replaced, plus up to 10% jitter (0: never)"),
-    Variable("LOG_ROTATE_SIZE", size_in_bytes, _fixed("50m"),
-             "size past which a log of nginx, gunicorn or the app is rotated (0: only by `rotate-logs`)"),
-    Variable("LOG_ROTATE_KEEP", whole_number(1, 1000), _fixed("5"),
-             "rotated files kept of each log (access.log.1 is the newest)"),
-    Variable("ROLE", one_of("all", "web", "worker"), _fixed("all"),
-             "programs the container runs: all (nginx, gunicorn, job consumer), web (no consumer), worker (consumer only)"),
-    Variable("REDIS_URL", redis_url, _fixed(""),
-             "the job queue's Redis, shared by several containers (default: SQLite in JOB_DATABASE)"),
-    Variable("JOB_DATABASE", absolute_path, _fixed(f"{DATA_DIR}/jobs.db"),
-             "the job queue's SQLite file when REDIS_URL is not set; mount a volume at its folder"),
-    Variable("JOB_WORKERS", whole_number(1, 64), _fixed("2"),
-             "jobs the consumer runs at once"),
-    Variable("JOB_WORKER_TYPE", one_of("thread", "process", "greenlet"), _fixed("thread"),
-             "how the consumer runs them: process for CPU-bound jobs, thread or greenlet for I/O-bound"),
-    Variable("JOB_QUEUE_MAX", whole_number(1, 1_000_000), _fixed("1000"),
-             "jobs waiting in the queue before POST /jobs answers 503"),
-    Variable("CPU_THREADS", whole_number(1, 64), lambda: str(usable_cpus()),
+    Variable("PROXY_READ_TIMEOUT", whole_number(1, 86_400), "90",
+             "seconds nginx waits for the app to answer (longer: 504)"),
+    Variable("TRUSTED_PROXIES", networks, "",
+             "load balancers in front of this container whose X-Forwarded-* headers nginx believes (default: none)"),
+    Variable("STATIC_PATH", optional_folder, "",
+             "a folder nginx serves itself at STATIC_URL, never reaching gunicorn (default: none)"),
+    Variable("STATIC_URL", url_prefix, "/static/",
+             "the URL prefix of STATIC_PATH's files"),
+    Variable("STATIC_MAX_AGE", whole_number(0, 31_536_000), "3600",
+             "seconds browsers and caches may keep a static file (Cache-Control max-age)"),
+    Variable("BACKGROUND_TASKS_MAX", whole_number(1, 10_000), "100",
+             "after-response tasks each gunicorn worker holds at once (more: 503)"),
+    Variable("CPU_THREADS", whole_number(1, 64), lambda values: str(usable_cpus()),
              "OS threads per web worker for CPU-heavy work in a request (default: usable CPUs)"),
+    Variable("MAX_REQUESTS", whole_number(0, 10_000_000), "10000",
+             "requests a gunicorn worker serves before it is replaced, plus up to 10% jitter (0: never)"),
+    Variable("LOG_ROTATE_SIZE", size_in_bytes, "50m",
+             "size past which a log of nginx, gunicorn, the app or the jobs is rotated (0: only by `rotate-logs`)"),
+    Variable("LOG_ROTATE_KEEP", whole_number(1, 1000), "5",
+             "rotated files kept of each log (access.log.1 is the newest)"),
+    Variable("REDIS_URL", redis_url, "",
+             "the job queue's Redis, shared by several containers (default: SQLite in JOB_DATABASE)", secret=True),
+    Variable("JOB_DATABASE", absolute_path, _in_data_dir("jobs.db"),
+             "the job queue's SQLite file when REDIS_URL is not set; mount a volume at its folder"),
+    Variable("JOB_WORKERS", whole_number(1, 64), "2",
+             "jobs the consumer runs at once"),
+    Variable("JOB_WORKER_TYPE", one_of("thread", "process", "greenlet"), "thread",
+             "how the consumer runs them: process for CPU-bound jobs, thread or greenlet for I/O-bound"),
+    Variable("JOB_QUEUE_MAX", whole_number(1, 1_000_000), "1000",
+             "jobs waiting in the queue before POST /jobs answers 503"),
+    Variable("JOB_LEASE_SECONDS", whole_number(3, 86_400), "30",
+             "a running job whose consumer has not renewed its lease for this long (killed, host lost) is ended"),
+    Variable("JOB_RESULT_TTL", whole_number(0, 315_360_000), "604800",
+             "seconds a finished job's record is kept (0: for ever); queued and running jobs never expire"),
+    Variable("SECRET_KEY", any_text, "",
+             "your app's secret (Flask's SECRET_KEY); the stack only passes it on, also from SECRET_KEY_FILE",
+             secret=True),
 )
 
 
 @dataclass(frozen=True)
 class Settings:
+    stack_log_dir: str
+    stack_run_dir: str
+    stack_data_dir: str
+    app_module: str
+    job_modules: tuple[str, ...]
+    role: str
     web_concurrency: int
     worker_connections: int
     timeout: int
     graceful_timeout: int
     keep_alive: int
     log_level: str
-    app_module: str
     client_max_body_size: int
     proxy_read_timeout: int
     trusted_proxies: tuple[str, ...]
-    job_max_seconds: float
+    static_path: str
+    static_url: str
+    static_max_age: int
     background_tasks_max: int
+    cpu_threads: int
     max_requests: int
     log_rotate_size: int
     log_rotate_keep: int
-    role: str
     redis_url: str
     job_database: str
     job_workers: int
     job_worker_type: str
     job_queue_max: int
-    cpu_threads: int
+    job_lease_seconds: int
+    job_result_ttl: int
+    secret_key: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
         """Read every variable (unset or empty: its default); report all bad ones together."""
         values, errors = {}, []
         for variable in VARIABLES:
-            raw = environ.get(variable.name) or variable.default()
             try:
+                raw = raw_value(variable, environ)
+            except ConfigError as error:
+                errors.append(str(error))
+                continue
+            try:
+                if not raw:
+                    raw = variable.default if isinstance(variable.default, str) else variable.default(values)
                 values[variable.name.lower()] = variable.parse(raw)
             except ValueError as accepted:
                 errors.append(f"{variable.name}={raw!r} is not valid: expected {accepted}")
+            except KeyError:  # its default follows a variable that is not valid (reported already)
+                pass
         if errors:
             raise ConfigError("\n".join(errors))
         return cls(**values)
+
+
+def raw_value(variable: Variable, environ: Mapping[str, str]) -> str:
+    """The variable's raw value; for a secret, read from NAME_FILE when that is set instead."""
+    file_name = f"{variable.name}_FILE"
+    if not (variable.secret and environ.get(file_name)):
+        return environ.get(variable.name, "")
+    if environ.get(variable.name):
+        raise ConfigError(f"{variable.name} and {file_name} are both set: set only one of them")
+    path = environ[file_name]
+    try:
+        with open(path) as f:
+            return f.read().rstrip("\r\n")
+    except OSError as error:
+        raise ConfigError(f"{file_name}={path!r} cannot be read: {error.strerror}") from None
+
+
+def secret_values(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The secrets given as files, by name: what the entrypoint exports for every process."""
+    return {variable.name: raw_value(variable, environ) for variable in VARIABLES
+            if variable.secret and environ.get(f"{variable.name}_FILE")}

@@ -1,4 +1,6 @@
-import dataclasses
+"""The fixtures: the stack's environment (app -> client), and the image (image -> containers).
+A test that uses the image is marked `container`; `pytest -m "not container"` runs the rest."""
+
 import os
 import subprocess
 from pathlib import Path
@@ -6,39 +8,48 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from deploy.settings import VARIABLES, Settings
+from deploy.settings import VARIABLES
 from tests import figures
 from tests.containers import ContainerFactory, docker_available, user_owned_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 # pip reads these; forwarded to `docker build` so the image installs from the same mirror.
 PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX")
+# The example's own variables (app/config.py): scrubbed like the stack's.
+EXAMPLE_VARIABLES = ("JOB_MAX_SECONDS", "APP_VERSION")
 
 
 @pytest.fixture(autouse=True)
-def scrub_stack_environment(monkeypatch):
-    """The stack's variables from the developer's shell never leak into a test."""
-    for variable in VARIABLES:
-        monkeypatch.delenv(variable.name, raising=False)
+def stack_environment(monkeypatch, tmp_path):
+    """The stack's variables from the developer's shell never leak into a test; the image's
+    folders are temporary ones, and the example's bounds are low so that tests stay short."""
+    for name in [variable.name for variable in VARIABLES] + list(EXAMPLE_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(f"{name}_FILE", raising=False)
+    for name in ("STACK_LOG_DIR", "STACK_RUN_DIR", "STACK_DATA_DIR"):
+        folder = tmp_path / name.lower()
+        folder.mkdir()
+        monkeypatch.setenv(name, str(folder))
+    monkeypatch.setenv("JOB_MAX_SECONDS", "5")
+    monkeypatch.setenv("BACKGROUND_TASKS_MAX", "4")
 
 
 @pytest.fixture
-def settings(tmp_path):
-    """The defaults, with a low job bound so that tests stay short and a job queue in tmp_path."""
-    return dataclasses.replace(Settings.from_env({}), job_max_seconds=5, background_tasks_max=4,
-                               job_database=str(tmp_path / "jobs.db"))
-
-
-@pytest.fixture
-def app(settings):
-    """The example app, as gunicorn would load it, with the test settings."""
-    return create_app(settings)
+def app():
+    """The example app, made as gunicorn makes it, from the test's environment."""
+    return create_app()
 
 
 @pytest.fixture
 def client(app):
     """Flask's test client for the app."""
     return app.test_client()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "image" in item.fixturenames:
+            item.add_marker(pytest.mark.container)
 
 
 @pytest.fixture(scope="session")
@@ -51,13 +62,17 @@ def image():
         pytest.skip(message)
     if os.environ.get("STACK_IMAGE"):
         return os.environ["STACK_IMAGE"]
-    tag = "flask-stack:test"
-    build_args = [f"--build-arg={name}={os.environ[name]}" for name in PIP_BUILD_ARGS if name in os.environ]
+    return build_image("flask-stack:test", ROOT)
+
+
+def build_image(tag: str, context: Path, *build_args: str) -> str:
+    """`docker build` of `context`, with the mirror's variables passed on; fails with its output."""
+    mirror = [f"--build-arg={name}={os.environ[name]}" for name in PIP_BUILD_ARGS if name in os.environ]
     # Host networking lets the build reach a mirror or wheelhouse served on the host's loopback.
-    command = ["docker", "build", "--network=host", *build_args, "-t", tag, str(ROOT)]
+    command = ["docker", "build", "--network=host", *mirror, *build_args, "-t", tag, str(context)]
     build = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if build.returncode != 0:
-        pytest.fail(f"docker build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}")
+        pytest.fail(f"docker build of {context} failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}")
     return tag
 
 

@@ -1,15 +1,22 @@
-"""Real containers of the image for the tests: started with a free loopback port, waited on
-with deadlines, driven with the docker CLI and plain HTTP."""
+"""The tests' helpers for real containers and real HTTP: one polling helper with a deadline,
+containers started on free loopback ports, and the job API's client side. Everything here
+talks to 127.0.0.1 or to containers the tests started."""
 
 import http.client
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+TERMINAL = {"done", "failed", "interrupted", "canceled"}
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True,
@@ -25,6 +32,35 @@ def docker_available() -> bool:
         return False
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(check: Callable[[], T], deadline: float, what: str, container: "Container | None" = None,
+               interval: float = 0.1) -> T:
+    """Calls `check` until it returns something true, which it returns, for at most `deadline`
+    seconds (like docker-library's retry.sh). An OSError counts as not yet. Fails with `what`
+    and the last value seen, at once if `container` stopped meanwhile (with its logs)."""
+    end = time.monotonic() + deadline
+    last = None
+    while True:
+        if container is not None and not container.state()["Running"]:
+            raise AssertionError(f"{what}: the container exited (last: {last!r}):\n{container.logs()}")
+        try:
+            last = check()
+        except OSError as error:
+            last = error
+        else:
+            if last:
+                return last
+        if time.monotonic() >= end:
+            logs = f":\n{container.logs()}" if container is not None else ""
+            raise AssertionError(f"{what}: not within {deadline} s (last: {last!r}){logs}")
+        time.sleep(interval)
+
+
 @dataclass
 class Response:
     status: int
@@ -33,6 +69,17 @@ class Response:
 
     def json(self):
         return json.loads(self.body)
+
+
+def http_request(port: int, path: str, method: str = "GET", headers: dict | None = None,
+                 body: bytes | None = None, timeout: float = 30) -> Response:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Response(response.status, response.headers, response.read())
+    finally:
+        connection.close()
 
 
 class Container:
@@ -50,13 +97,7 @@ class Container:
 
     def request(self, path: str, method: str = "GET", headers: dict | None = None,
                 body: bytes | None = None, timeout: float = 30) -> Response:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return Response(response.status, response.headers, response.read())
-        finally:
-            connection.close()
+        return http_request(self.port, path, method, headers, body, timeout)
 
     def get(self, path: str, **kwargs) -> Response:
         return self.request(path, **kwargs)
@@ -78,20 +119,14 @@ class Container:
         return docker("exec", self.id, *command, check=check)
 
     def wait_until_serving(self, deadline: float = 30) -> None:
-        """Until GET /healthz through nginx answers 200; fails with the logs if it does not."""
-        end = time.monotonic() + deadline
-        last = None
-        while time.monotonic() < end:
-            if not self.state()["Running"]:
-                raise AssertionError(f"container exited while starting:\n{self.logs()}")
-            try:
-                last = self.get("/healthz", timeout=2).status
-                if last == 200:
-                    return
-            except OSError as error:
-                last = error
-            time.sleep(0.2)
-        raise AssertionError(f"not serving within {deadline} s (last: {last}):\n{self.logs()}")
+        """Until GET /healthz through nginx answers 200."""
+        wait_until(lambda: self.get("/healthz", timeout=2).status == 200, deadline,
+                   "GET /healthz answering 200", container=self, interval=0.2)
+
+    def wait_until_healthy(self, deadline: float = 30) -> None:
+        """Until Docker's HEALTHCHECK calls the container healthy."""
+        wait_until(lambda: self.state()["Health"]["Status"] == "healthy", deadline,
+                   "Docker's health status `healthy`", container=self, interval=0.2)
 
     def wait_for_exit(self, deadline: float) -> int:
         """The container's exit code; fails if it is still running after `deadline` seconds."""
@@ -116,16 +151,12 @@ class Container:
 
 def wait_for_line(path: Path, pattern: str, deadline: float = 10) -> str:
     """The first line of `path` matching `pattern`, once one is written (a server writes its
-    access line after the answer); fails with the file after `deadline` seconds."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    access line after the answer)."""
+    def matching_line():
         if path.exists():
-            for line in path.read_text().splitlines():
-                if re.search(pattern, line):
-                    return line
-        time.sleep(0.1)
-    raise AssertionError(f"no line matching {pattern!r} in {path} within {deadline} s:\n"
-                         f"{path.read_text() if path.exists() else '(missing)'}")
+            return next((line for line in path.read_text(errors="replace").splitlines()
+                         if re.search(pattern, line)), None)
+    return wait_until(matching_line, deadline, f"a line matching {pattern!r} in {path}")
 
 
 def user_owned_folder(path: Path) -> Path:
@@ -142,15 +173,15 @@ class ContainerFactory:
         self.image = image
         self.started: list[Container] = []
 
-    def start(self, *options: str, env: dict | None = None, logs: str | None = None,
-              wait: bool = True) -> Container:
+    def start(self, *options: str, env: dict | None = None, logs: Path | None = None,
+              wait: bool = True, image: str | None = None) -> Container:
         """`docker run -d` with port 80 published on a free loopback port."""
         args = ["run", "-d", "-p", "127.0.0.1::80", *options]
         for name, value in (env or {}).items():
             args += ["-e", f"{name}={value}"]
         if logs is not None:
             args += ["-v", f"{logs}:/var/log/app"]
-        container = Container(docker(*args, self.image).stdout.strip())
+        container = Container(docker(*args, image or self.image).stdout.strip())
         self.started.append(container)
         if wait:
             container.wait_until_serving()
@@ -161,3 +192,43 @@ class ContainerFactory:
             if print_logs:
                 print(f"--- logs of container {container.id[:12]} ---\n{container.logs()}")
             docker("rm", "-f", "-v", container.id, check=False)
+
+
+# --- The job API, from a Flask test client or over HTTP ------------------------------------
+
+class JobsClient:
+    """POST /jobs and GET /jobs/<id> through `request(method, path, body) -> (status, json)`."""
+
+    def __init__(self, request: Callable[[str, str, dict | None], tuple[int, dict]]):
+        self.request = request
+
+    @classmethod
+    def over_http(cls, port: Callable[[], int] | int) -> "JobsClient":
+        def request(method, path, body):
+            response = http_request(port() if callable(port) else port, path, method,
+                                    {"Content-Type": "application/json"},
+                                    None if body is None else json.dumps(body).encode())
+            return response.status, response.json()
+        return cls(request)
+
+    @classmethod
+    def of_flask(cls, client) -> "JobsClient":
+        def request(method, path, body):
+            response = client.open(path, method=method, json=body)
+            return response.status_code, response.json
+        return cls(request)
+
+    def submit(self, task: str, **args) -> dict:
+        status, record = self.request("POST", "/jobs", {"task": task, "args": args})
+        assert status == 202, record
+        return record
+
+    def record(self, job_id: str) -> dict:
+        status, record = self.request("GET", f"/jobs/{job_id}", None)
+        assert status == 200, record
+        return record
+
+    def wait_for_status(self, job_id: str, statuses=TERMINAL, deadline: float = 30,
+                        container: Container | None = None) -> dict:
+        return wait_until(lambda: (record := self.record(job_id))["status"] in statuses and record,
+                          deadline, f"job {job_id} in {sorted(statuses)}", container=container)

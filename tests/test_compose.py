@@ -2,13 +2,12 @@
 
 import os
 import shutil
-import socket
 import subprocess
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.containers import Container, wait_for_line
+from tests.containers import Container, free_port, wait_for_line
 
 
 def compose_command() -> list[str]:
@@ -19,12 +18,6 @@ def compose_command() -> list[str]:
     if os.environ.get("CI") == "true":
         pytest.fail("neither `docker compose` nor `docker-compose` is installed: CI must test compose.yaml")
     pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_compose_up_serves_the_stack(image, log_dir, tmp_path):

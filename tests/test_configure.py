@@ -1,60 +1,104 @@
+"""deploy/configure.py: the entrypoint's first step. A bad variable stops it; a good
+configuration becomes nginx's settings (checked by a real `nginx -t`) and shell lines."""
+
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from deploy.configure import nginx_http_settings, nginx_main_settings
+import pytest
+
+from deploy.configure import nginx_http_settings, nginx_main_settings, nginx_server_settings
 from deploy.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def configure(tmp_path, **environment):
-    env = {"PATH": os.environ["PATH"], **environment}
-    return subprocess.run([sys.executable, "-m", "deploy.configure", str(tmp_path)],
+def configure(*arguments: str, **environment) -> subprocess.CompletedProcess:
+    env = {**os.environ, **environment}
+    return subprocess.run([sys.executable, "-m", "deploy.configure", *arguments],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
 
 
-def test_writes_the_nginx_settings_from_the_environment(tmp_path):
-    result = configure(tmp_path, CLIENT_MAX_BODY_SIZE="1m", PROXY_READ_TIMEOUT="120",
-                       KEEP_ALIVE="5", GRACEFUL_TIMEOUT="4", LOG_LEVEL="warning")
+def nginx_folder() -> Path:
+    return Path(os.environ["STACK_RUN_DIR"]) / "nginx"
+
+
+def test_writes_the_nginx_settings_from_the_environment():
+    result = configure(CLIENT_MAX_BODY_SIZE="1m", PROXY_READ_TIMEOUT="120", KEEP_ALIVE="5",
+                       GRACEFUL_TIMEOUT="4", LOG_LEVEL="warning")
     assert result.returncode == 0, result.stderr
-    http = (tmp_path / "http.conf").read_text()
+    http = (nginx_folder() / "http.conf").read_text()
     assert "client_max_body_size 1048576;" in http
     assert "proxy_read_timeout 120s;" in http
     assert "keepalive_timeout 5s;" in http
     assert "real_ip" not in http  # no proxy is trusted by default
-    main = (tmp_path / "main.conf").read_text()
-    assert "error_log /var/log/app/nginx/error.log warn;" in main
+    main = (nginx_folder() / "main.conf").read_text()
+    assert f"error_log {os.environ['STACK_LOG_DIR']}/nginx/error.log warn;" in main
     assert "worker_shutdown_timeout 4s;" in main
+    assert (nginx_folder() / "nginx.conf").read_text().endswith(f"include {ROOT / 'nginx.conf'};\n")
 
 
-def test_a_bad_variable_exits_2_naming_it(tmp_path):
-    result = configure(tmp_path, WEB_CONCURRENCY="abc")
+def test_nginx_accepts_what_it_writes(tmp_path):
+    if not shutil.which("nginx"):
+        pytest.fail("this test needs nginx: apt-get install nginx")
+    static = tmp_path / "static"
+    static.mkdir()
+    assert configure(TRUSTED_PROXIES="10.0.0.0/8", STATIC_PATH=str(static)).returncode == 0
+    for folder in ("nginx", "gunicorn"):
+        (Path(os.environ["STACK_LOG_DIR"]) / folder).mkdir(exist_ok=True)
+    check = subprocess.run(["nginx", "-t", "-p", f"{nginx_folder()}/", "-c", str(nginx_folder() / "nginx.conf")],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
+def test_a_bad_variable_exits_2_naming_it():
+    result = configure(WEB_CONCURRENCY="abc")
     assert result.returncode == 2
     assert result.stderr == ("configuration error: WEB_CONCURRENCY='abc' is not valid: "
                              "expected a whole number from 1 to 64\n")
-    assert not (tmp_path / "http.conf").exists()
+    assert not (nginx_folder() / "http.conf").exists()
 
 
-def test_trusted_proxies_turn_on_the_realip_module():
-    http = nginx_http_settings(Settings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8,172.16.0.1"}))
+def test_trusted_proxies_turn_on_the_realip_module_and_the_forwarded_headers():
+    http = nginx_http_settings(Settings.from_env({**os.environ, "TRUSTED_PROXIES": "10.0.0.0/8,172.16.0.1"}))
     assert "set_real_ip_from 10.0.0.0/8;" in http
     assert "set_real_ip_from 172.16.0.1/32;" in http
     assert "real_ip_header X-Forwarded-For;" in http
     assert "real_ip_recursive on;" in http
+    geo = "geo $realip_remote_addr $trusted_proxy {\n    default 0;\n    10.0.0.0/8 1;\n    172.16.0.1/32 1;\n}"
+    assert geo in http
+
+
+def test_static_files_are_served_by_nginx_only_when_a_folder_is_given():
+    assert "location" not in nginx_server_settings(Settings.from_env())
+    static = nginx_server_settings(Settings.from_env({**os.environ, "STATIC_PATH": "/srv/shop/static",
+                                                      "STATIC_URL": "/assets/", "STATIC_MAX_AGE": "600"}))
+    assert "location ^~ /assets/ {\n    alias /srv/shop/static/;" in static
+    assert 'add_header Cache-Control "public, max-age=600" always;' in static
 
 
 def test_log_level_names_map_to_nginx_levels():
     for level, nginx_level in [("debug", "debug"), ("info", "notice"), ("warning", "warn"),
                                ("error", "error"), ("critical", "crit")]:
-        main = nginx_main_settings(Settings.from_env({"LOG_LEVEL": level}))
+        main = nginx_main_settings(Settings.from_env({**os.environ, "LOG_LEVEL": level}))
         assert f"error.log {nginx_level};" in main
 
 
-def test_role_selects_the_programs_supervisord_starts(tmp_path):
+def test_role_selects_the_programs_supervisord_starts():
     for role, switches in [("all", "WEB_AUTOSTART=true JOBS_AUTOSTART=true"),
                            ("web", "WEB_AUTOSTART=true JOBS_AUTOSTART=false"),
                            ("worker", "WEB_AUTOSTART=false JOBS_AUTOSTART=true")]:
-        result = configure(tmp_path, ROLE=role)
-        assert result.stdout == switches + "\n"
+        result = configure("environment", ROLE=role)
+        assert result.stdout == f"export {switches}\n"
+
+
+def test_secrets_given_as_files_are_exported_for_every_process(tmp_path):
+    secret = tmp_path / "secret_key"
+    secret.write_text("it's a \"secret\" $(not run)\n")
+    result = configure("environment", SECRET_KEY_FILE=str(secret))
+    assert result.returncode == 0, result.stderr
+    show = 'printf %s "$SECRET_KEY"; echo; echo "${SECRET_KEY_FILE-unset}"'
+    shell = subprocess.run(["sh", "-c", f"{result.stdout}\n{show}"], capture_output=True, text=True, check=True)
+    assert shell.stdout == "it's a \"secret\" $(not run)\nunset\n"

@@ -1,7 +1,6 @@
 """The job queue in the real container: through nginx, across workers, restarts and kills,
 CPU work beside the event loop, and Redis shared by several containers."""
 
-import json
 import re
 import statistics
 import threading
@@ -11,67 +10,52 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.containers import docker
-
-TERMINAL = {"done", "failed", "interrupted", "canceled"}
+from tests.containers import JobsClient, docker, wait_until
 
 
-def submit(container, task, **args):
-    response = container.request("/jobs", method="POST", body=json.dumps({"task": task, "args": args}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    assert response.status == 202, response.body
-    return response.json()
-
-
-def wait_for_status(container, job_id, statuses, deadline=30):
-    end = time.monotonic() + deadline
-    record = None
-    while time.monotonic() < end:
-        record = container.get(f"/jobs/{job_id}").json()
-        if record["status"] in statuses:
-            return record
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} is {record and record['status']} after {deadline} s:\n{container.logs()}")
+def jobs_of(container) -> JobsClient:
+    return JobsClient.over_http(lambda: container.port)  # the port changes on `docker restart`
 
 
 def test_a_job_is_visible_from_every_worker_and_completes(containers, log_dir):
     container = containers.start(env={"WEB_CONCURRENCY": "2"}, logs=log_dir)
-    job = submit(container, "job2", arg1="hello", arg2="123", seconds=1)
-    # Ask until both gunicorn workers have answered for it (each access line names its pid).
-    served_by, end = set(), time.monotonic() + 10
-    while len(served_by) < 2 and time.monotonic() < end:
+    jobs = jobs_of(container)
+    job = jobs.submit("job2", arg1="hello", arg2="123", seconds=1)
+
+    def workers_that_answered():  # each access line names the worker's pid
         assert container.get(f"/jobs/{job['id']}").status == 200
-        time.sleep(0.02)
         log = (log_dir / "gunicorn/access.log").read_text()
-        served_by = set(re.findall(rf"GET /jobs/{job['id']} .* 200 .* pid=<(\d+)>", log))
-    assert len(served_by) == 2, f"only worker {served_by} answered"
-    record = wait_for_status(container, job["id"], TERMINAL)
+        return len(set(re.findall(rf"GET /jobs/{job['id']} .* 200 .* pid=<(\d+)>", log))) == 2
+    wait_until(workers_that_answered, 10, "both gunicorn workers answering for the job", interval=0.02)
+    record = jobs.wait_for_status(job["id"], container=container)
     assert record["status"] == "done"
     assert record["result"] == {"task": "job2", "arg1": "hello", "arg2": "123", "seconds": 1.0}
 
 
 def test_jobs_survive_a_docker_restart(containers):
     container = containers.start(env={"JOB_WORKERS": "1"})
-    finished = submit(container, "job1", seconds=0)
-    wait_for_status(container, finished["id"], {"done"})
-    waiting = [submit(container, "job1", seconds=1)["id"] for _ in range(3)]
+    jobs = jobs_of(container)
+    finished = jobs.submit("job1", seconds=0)
+    jobs.wait_for_status(finished["id"], {"done"})
+    waiting = [jobs.submit("job1", seconds=1)["id"] for _ in range(3)]
     container.restart()
-    assert container.get(f"/jobs/{finished['id']}").json()["status"] == "done"
+    assert jobs.record(finished["id"])["status"] == "done"
     for job_id in waiting:
-        assert wait_for_status(container, job_id, TERMINAL)["status"] == "done"
+        assert jobs.wait_for_status(job_id, container=container)["status"] == "done"
 
 
-def test_a_job_of_a_killed_consumer_ends_interrupted(containers, log_dir):
-    container = containers.start(logs=log_dir)
-    job = submit(container, "job1", seconds=30)
-    wait_for_status(container, job["id"], {"running"})
+def test_a_job_of_a_killed_consumer_ends_interrupted_when_its_lease_expires(containers, log_dir):
+    container = containers.start(logs=log_dir, env={"JOB_LEASE_SECONDS": "3"})
+    jobs = jobs_of(container)
+    job = jobs.submit("job1", seconds=30)
+    jobs.wait_for_status(job["id"], {"running"}, container=container)
     pid = container.exec("supervisorctl", "pid", "jobs").stdout.strip()
     container.exec("sh", "-c", f"kill -9 {pid}")
-    record = wait_for_status(container, job["id"], TERMINAL)
+    record = jobs.wait_for_status(job["id"], container=container, deadline=15)
     assert record["status"] == "interrupted"
     assert "exited: jobs (terminated by SIGKILL" in (log_dir / "supervisord.log").read_text()
     # The restarted consumer takes new jobs.
-    assert wait_for_status(container, submit(container, "job1", seconds=0)["id"], TERMINAL)["status"] == "done"
+    assert jobs.wait_for_status(jobs.submit("job1", seconds=0)["id"], container=container)["status"] == "done"
 
 
 def test_healthz_keeps_answering_while_cpu_work_saturates_every_worker(containers):
@@ -131,8 +115,8 @@ def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis
     web2 = containers.start(*options, env={**shared, "ROLE": "web"})
     worker = containers.start(*options, env={**shared, "ROLE": "worker"}, wait=False)
 
-    job = submit(web1, "job2", arg1="from", arg2="web1", seconds=0.5)
-    record = wait_for_status(web2, job["id"], TERMINAL)
+    job = jobs_of(web1).submit("job2", arg1="from", arg2="web1", seconds=0.5)
+    record = jobs_of(web2).wait_for_status(job["id"], container=worker)
     assert record["status"] == "done"
     assert record["worker"]["host"] == worker.exec("hostname").stdout.strip()
     status = worker.exec("supervisorctl", "status", check=False).stdout

@@ -1,28 +1,24 @@
 """supervisord in the real container: restarts, FATAL exits, bad configuration, graceful stop."""
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.containers import docker
+from tests.containers import docker, wait_until
 
 
-def wait_until_replaced(container, pidfile: str, old_pid: int, deadline: float = 20) -> int:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        pid = int(container.exec("cat", pidfile, check=False).stdout or 0)
-        if pid not in (0, old_pid):
-            container.wait_until_serving(deadline=end - time.monotonic())
-            return pid
-        time.sleep(0.2)
-    raise AssertionError(f"{pidfile} still names {old_pid} after {deadline} s:\n{container.logs()}")
+def wait_until_replaced(container, pidfile: str, old_pid: int) -> None:
+    wait_until(lambda: int(container.exec("cat", pidfile, check=False).stdout or 0) not in (0, old_pid), 20,
+               f"{pidfile} naming a new process", container=container, interval=0.2)
+    container.wait_until_serving()
 
 
 @pytest.mark.parametrize("program", ["gunicorn", "nginx"])
 def test_a_killed_master_is_restarted(containers, log_dir, program):
     container = containers.start(logs=log_dir)
-    pidfile = f"/run/flask-stack/{program}.pid"
+    pidfile = {"gunicorn": "/run/flask-stack/gunicorn.pid", "nginx": "/run/flask-stack/nginx/nginx.pid"}[program]
     old_pid = container.main_process_pid(pidfile)
     container.exec("sh", "-c", f"kill -9 {old_pid}")  # the shell's kill: the image has no procps
     wait_until_replaced(container, pidfile, old_pid)
@@ -46,10 +42,12 @@ def test_a_bad_variable_stops_the_container_at_once_naming_it(containers, name, 
 
 
 def test_an_app_that_cannot_load_makes_the_container_exit_non_zero(containers, log_dir):
+    # Neither gunicorn (APP_MODULE) nor the consumer (JOB_MODULES follows it) can import it.
     container = containers.start(env={"APP_MODULE": "no_such_module:app"}, logs=log_dir, wait=False)
     assert container.wait_for_exit(deadline=90) == 1
-    assert "gunicorn entered FATAL" in container.logs()
+    assert re.search(r"(gunicorn|jobs) entered FATAL", container.logs())
     assert "No module named 'no_such_module'" in (log_dir / "gunicorn/error.log").read_text()
+    assert "JOB_MODULES: cannot import 'no_such_module'" in (log_dir / "jobs/consumer.log").read_text()
 
 
 def test_docker_stop_finishes_the_request_in_flight_and_exits_0(containers):

@@ -1,13 +1,12 @@
-"""The example's long tasks: run in the request (/job1, /job2) or after the response (/job)."""
+"""Requests that wait on I/O (/job1, /job2): under gevent, a worker serves others meanwhile."""
 
 import math
-from functools import partial
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
 from app import tasks
 
-bp = Blueprint("jobs", __name__)
+bp = Blueprint("waiting", __name__)
 
 
 def seconds_arg(default: float) -> float:
@@ -37,14 +36,3 @@ def job2():
     if missing:
         abort(400, description=f"missing query argument: {', '.join(missing)} (e.g. /job2?arg1=hello&arg2=123)")
     return jsonify(tasks.job2(request.args["arg1"], request.args["arg2"], seconds_arg(default=5)))
-
-
-@bp.get("/job")
-def job_in_background():
-    """Start job1 and job2 after the response; their start and end go to the app's log."""
-    calls = {
-        "job1": partial(tasks.job1, seconds_arg(default=10)),
-        "job2": partial(tasks.job2, "background", "job", seconds_arg(default=5)),
-    }
-    current_app.extensions["background_tasks"].submit(calls)
-    return jsonify(started=list(calls)), 202

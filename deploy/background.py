@@ -1,17 +1,27 @@
 """Short work after the response ("answer now, write the logs later"), bounded and logged.
 
-Under gevent the pool's threads are greenlets on the worker's event loop: fine for work that
-waits on I/O, not for CPU-heavy work, and lost if the worker dies. The bound keeps a burst of
-requests from piling up unbounded work: past it, `submit` raises ServiceUnavailable (503)
-and starts nothing.
+`after_response({"name": function, ...})` starts each function and returns at once. Under
+gevent the pool's threads are greenlets on the worker's event loop: fine for work that
+waits on I/O, not for CPU-heavy work, and lost if the worker dies (the job queue is for
+work that must not be lost). The bound (BACKGROUND_TASKS_MAX per worker) keeps a burst of
+requests from piling up unbounded work: past it, a 503 with Retry-After, and nothing starts.
 """
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
+from flask import current_app
 from werkzeug.exceptions import ServiceUnavailable
+
+from deploy.extension import stack_extension
+
+
+def after_response(calls: dict[str, Callable[[], object]]) -> None:
+    """Start every call of `calls` (name -> function) in this worker, after the request's
+    answer; or none of them (ServiceUnavailable, a 503) if that would pass the bound."""
+    stack_extension(current_app).background.submit(calls)
 
 
 class BackgroundTasks:

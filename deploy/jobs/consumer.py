@@ -1,0 +1,79 @@
+"""The job consumer: `python -m deploy.jobs.consumer`, run by supervisord (ROLE=all or worker).
+
+It imports the modules named by JOB_MODULES, so that every task the web app registers
+exists here too (a module that cannot be imported stops it, naming the module), then runs
+huey's consumer. Beside it, a thread ends the jobs whose consumer was lost (their lease
+expired: killed, removed, host lost) and deletes the records past JOB_RESULT_TTL.
+SIGTERM is a graceful stop: no new jobs; the running ones get GRACEFUL_TIMEOUT to finish,
+then are interrupted (or queued again, where their task declares retries).
+"""
+
+import importlib
+import logging
+import sys
+import threading
+import time
+import traceback
+
+from deploy.jobs.queue import JobQueue
+from deploy.settings import ConfigError, Settings
+
+log = logging.getLogger("deploy.jobs.consumer")
+RECORD_CLEANUP_EVERY = 60  # seconds between two deletions of expired records
+
+
+def import_task_modules(names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:
+            detail = "".join(traceback.format_exception_only(error)).strip()
+            raise ConfigError(f"JOB_MODULES: cannot import {name!r}: {detail}") from error
+
+
+def keep_records(queue: JobQueue) -> None:
+    """Forever: end the jobs whose lease expired, and now and then delete expired records."""
+    last_cleanup = 0.0
+    while True:
+        try:
+            queue.end_expired_leases()
+            if time.monotonic() - last_cleanup > RECORD_CLEANUP_EVERY:
+                last_cleanup = time.monotonic()
+                deleted = queue.records.delete_expired(queue.records.now())
+                if deleted:
+                    log.info("deleted %d job records past JOB_RESULT_TTL", deleted)
+        except Exception:  # the store is unreachable for now: the next turn tries again
+            log.exception("could not check the job records")
+        time.sleep(max(1.0, queue.lease_seconds / 4))
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+        import_task_modules(settings.job_modules)
+    except ConfigError as error:
+        for line in str(error).splitlines():
+            print(f"configuration error: {line}", file=sys.stderr)
+        return 2
+    queue = JobQueue(settings)
+    queue.register_tasks()
+    log.info("tasks: %s (from %s)", ", ".join(sorted(queue.registry.specs)) or "none",
+             ", ".join(settings.job_modules))
+    threading.Thread(target=keep_records, args=(queue,), name="job-records", daemon=True).start()
+    consumer = queue.huey.create_consumer(
+        workers=settings.job_workers,
+        worker_type=settings.job_worker_type,
+        graceful_signal="TERM",
+        shutdown_timeout=settings.graceful_timeout,
+        # An idle consumer polls SQLite with a growing delay; huey's 10 s default would let a
+        # new job wait that long. (Redis storage blocks on the queue instead of polling.)
+        max_delay=1.0,
+    )
+    consumer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""myservice's durable job."""
+
+from deploy.jobs import task
+
+
+@task()
+def make_report(title: str, pages: int = 1) -> dict:
+    return {"report": title.upper(), "pages": pages}

@@ -1,0 +1,40 @@
+"""The linters CI runs: ruff on the Python, shellcheck on every shell script."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def shell_scripts() -> list[str]:
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    scripts = []
+    for name in tracked:
+        path = ROOT / name
+        shebang = path.is_file() and path.read_bytes().startswith((b"#!/bin/sh", b"#!/usr/bin/env bash"))
+        if shebang or path.suffix == ".sh":
+            scripts.append(name)
+    return scripts
+
+
+def run(tool: str, *arguments: str) -> subprocess.CompletedProcess:
+    """`tool` from the test's virtualenv (requirements-dev.txt), else from PATH."""
+    beside_python = Path(sys.executable).parent / tool
+    path = str(beside_python) if beside_python.exists() else shutil.which(tool)
+    assert path, f"{tool} is not installed: pip install -r requirements-dev.txt"
+    return subprocess.run([path, *arguments], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_ruff_finds_nothing():
+    result = run("ruff", "check", "--output-format", "concise", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shellcheck_finds_nothing():
+    scripts = shell_scripts()
+    assert {"deploy/docker-entrypoint.sh", "deploy/reload", ".ci/run"} <= set(scripts)
+    result = run("shellcheck", "-x", *scripts)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,6 +1,8 @@
 """gunicorn's settings in the container. Values that users tune come from deploy.settings
 (environment variables, validated there); `gunicorn --print-config` shows the result."""
 
+from deploy import metrics
+from deploy.logs import logging_config
 from deploy.settings import Settings
 
 settings = Settings.from_env()
@@ -35,25 +37,23 @@ proc_name = "gunicorn"
 control_socket_disable = True  # supervisord controls gunicorn: no second control interface
 
 # --- Logging ---------------------------------------------------------------------------
+# gunicorn's access and error logs and the app's own (the root logger, so a user's app needs
+# no setup), to files or stdout, in text or JSON: deploy/logs.py, from LOG_TARGET and
+# LOG_FORMAT. The access lines are records with fields (the client as the app sees it, the
+# request id nginx gave, the worker's pid), formatted like every other log.
 loglevel = settings.log_level
-errorlog = f"{settings.stack_log_dir}/gunicorn/error.log"
-accesslog = f"{settings.stack_log_dir}/gunicorn/access.log"
-# The client as the app sees it: nginx's X-Real-IP, the address ProxyFix also derives.
-# The request id matches nginx's access log; pid is the worker that served it.
-access_log_format = '%({x-real-ip}i)s %(t)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}i)s pid=%(p)s'
-# The app's own log (the root logger, so a user's app needs no setup). A WatchedFileHandler
-# reopens the file when it is rotated away. gunicorn's loggers keep their own files.
-logconfig_dict = {
-    "root": {"level": settings.log_level.upper(), "handlers": ["app_file"]},
-    "loggers": {},
-    "handlers": {
-        "app_file": {
-            "class": "logging.handlers.WatchedFileHandler",
-            "filename": f"{settings.stack_log_dir}/app/app.log",
-            "formatter": "app",
-        },
-    },
-    "formatters": {
-        "app": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-    },
-}
+logger_class = "deploy.logs.AccessLog"
+logconfig_dict = logging_config(settings, "gunicorn")
+
+
+# --- Hooks ----------------------------------------------------------------------------
+def when_ready(server):
+    """The master serves the metrics (METRICS_PORT): every worker's, nginx's, its own, the jobs'."""
+    if settings.metrics_port:
+        metrics.serve(settings, metrics.NginxCollector(f"{settings.stack_run_dir}/nginx-status.sock"),
+                      metrics.GunicornCollector(server), metrics.JobsCollector(settings))
+
+
+def child_exit(server, worker):
+    """A worker ended: its counters stay counted (prometheus-client's multiprocess mode)."""
+    metrics.mark_process_dead(worker.pid)

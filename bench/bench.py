@@ -40,10 +40,12 @@ MAX_LOAD = float(os.environ.get("BENCH_MAX_LOAD", "1.0"))  # wait (up to 10 min)
 ONLY = os.environ.get("BENCH_ONLY", "")  # e.g. "stack,uwsgi": a subset, while tuning
 FAST_CONNECTIONS = (64, 256)
 SLOW_CONCURRENCY = (100, 1000, 2000)
-FAST_PATH = "/healthz"
+FAST_PATH = "/"  # an ordinary route of the app: a small JSON answer
 SLOW_PATH = "/job1?seconds=1"
 # The stack's own defaults (or the WEB_CONCURRENCY etc. set in this shell): gunicorn direct uses them too.
-STACK = Settings.from_env()
+# (The image's folders do not matter for these; each run has its own, app_env() below.)
+STACK = Settings.from_env({**{name: tempfile.gettempdir() for name in ("STACK_LOG_DIR", "STACK_RUN_DIR",
+                                                                       "STACK_DATA_DIR")}, **os.environ})
 
 
 class Server:
@@ -111,8 +113,12 @@ def render(template: str, work: Path, port: int) -> Path:
 # --- The configurations: each starts its processes serving on 127.0.0.1:port -------------
 
 def app_env(server: Server) -> dict:
-    # The example app's job queue keeps its SQLite file in the run's folder, not /var/lib/app.
-    return {**os.environ, "PYTHONPATH": str(ROOT), "JOB_DATABASE": str(server.work / "jobs.db")}
+    """The environment the image gives its processes, with its folders in the run's folder."""
+    folders = {"STACK_LOG_DIR": server.work / "log", "STACK_RUN_DIR": server.work / "run",
+               "STACK_DATA_DIR": server.work / "data"}
+    for folder in [*folders.values(), *(server.work / "log" / name for name in ("nginx", "gunicorn", "app", "jobs"))]:
+        folder.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "PYTHONPATH": str(ROOT), **{name: str(path) for name, path in folders.items()}}
 
 
 def dev_server(threaded: bool) -> Callable[[Server, int], None]:
@@ -130,23 +136,18 @@ def gunicorn_direct(*options: str) -> Callable[[Server, int], None]:
 
 
 def stack_native(server: Server, port: int) -> None:
-    """The image's nginx.conf, gunicorn_config.py and deploy/, with the container's paths moved into `work`."""
-    srv, run, logs = server.work / "srv", server.work / "run", server.work / "log"
-    for folder in (srv / "deploy", run, logs / "nginx", logs / "gunicorn", logs / "app"):
-        folder.mkdir(parents=True, exist_ok=True)
-    moves = {"/run/flask-stack": run, "/var/log/app": logs, "listen 80 ": f"listen 127.0.0.1:{port} "}
-    for source in [ROOT / "nginx.conf", ROOT / "gunicorn_config.py", *ROOT.glob("deploy/*.py")]:
-        text = source.read_text()
-        for old, new in moves.items():
-            text = text.replace(old, str(new))
-        (srv / source.relative_to(ROOT)).write_text(text)
-    env = {**app_env(server), "PYTHONPATH": f"{srv}:{ROOT}"}  # the rewritten deploy/ first, then the app
-    subprocess.run([BIN / "python", "-m", "deploy.configure", run / "nginx"], cwd=srv, env=env,
-                   check=True, capture_output=True)
+    """The image's nginx.conf, gunicorn_config.py and deploy/, as the entrypoint and supervisord run them,
+    with the folders in the run's folder and nginx on `port` instead of 80."""
+    env = app_env(server)
+    subprocess.run([BIN / "python", "-m", "deploy.configure"], cwd=ROOT, env=env, check=True, capture_output=True)
+    nginx_folder = Path(env["STACK_RUN_DIR"]) / "nginx"
+    nginx_conf = server.work / "nginx.conf"
+    nginx_conf.write_text((ROOT / "nginx.conf").read_text().replace("listen 80 ", f"listen 127.0.0.1:{port} "))
+    (nginx_folder / "nginx.conf").write_text(f"include {nginx_conf};\n")
     # In the image supervisord creates gunicorn's socket and passes it as fd 0: here gunicorn binds it.
-    server.spawn("gunicorn", [BIN / "gunicorn", "--config", srv / "gunicorn_config.py",
-                              f"--bind=unix:{run}/gunicorn.sock"], cwd=srv, env=env)
-    server.spawn("nginx", ["nginx", "-c", srv / "nginx.conf", "-e", logs / "nginx/error.log"])
+    server.spawn("gunicorn", [BIN / "gunicorn", "--config", ROOT / "gunicorn_config.py",
+                              f"--bind=unix:{env['STACK_RUN_DIR']}/gunicorn.sock"], cwd=ROOT, env=env)
+    server.spawn("nginx", ["nginx", "-p", f"{nginx_folder}/", "-c", nginx_folder / "nginx.conf"])
 
 
 def stack_container(server: Server, port: int) -> None:

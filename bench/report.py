@@ -97,7 +97,8 @@ def markdown(results: dict) -> str:
         f"{load('load_before')}, after {load('load_after')}. gunicorn gevent: {s['web_concurrency']} workers × "
         f"{s['worker_connections']} connections (the stack's defaults on this machine).",
         "",
-        f"**Fast path**: `wrk -t2 -cN -d{s['fast_seconds']:g}s --timeout 10s` on `GET /healthz`. wrk runs on the "
+        f"**Fast path**: `wrk -t2 -cN -d{s['fast_seconds']:g}s --timeout 10s` on `GET /` "
+        "(the example's index, a small JSON answer). wrk runs on the "
         "same cores: its column is the CPU cores wrk itself used (of "
         f"{m['cores']}); where it is near {m['cores'] / 2:g} or more, the client limits the figure.",
         "",
@@ -143,7 +144,7 @@ def chart(results: dict, path: Path) -> None:
     deadline = results["settings"]["slow_deadline_s"]
     figure, axes = plt.subplots(2, 2, figsize=(15, 10))
     panels = [
-        (axes[0][0], "fast", "rps", "fast path GET /healthz: requests/s (log)", "log"),
+        (axes[0][0], "fast", "rps", "fast path GET /: requests/s (log)", "log"),
         (axes[0][1], "fast", "p99_ms", "fast path: p99 latency (ms)", "log"),
         (axes[1][0], "slow", "rps", "slow I/O bursts: completed requests/s", "linear"),
         (axes[1][1], "slow", "p99_ms", f"slow I/O bursts: p99 latency (ms; {deadline:g} s = did not finish)", "log"),

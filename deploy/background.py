@@ -7,6 +7,7 @@ work that must not be lost). The bound (BACKGROUND_TASKS_MAX per worker) keeps a
 requests from piling up unbounded work: past it, a 503 with Retry-After, and nothing starts.
 """
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -43,7 +44,8 @@ class BackgroundTasks:
                 )
             self._running += len(calls)
         for name, function in calls.items():
-            self._executor.submit(self._run, name, function)
+            # In the request's context: its log lines carry the request's id.
+            self._executor.submit(contextvars.copy_context().run, self._run, name, function)
 
     def _run(self, name: str, function: Callable[[], object]) -> None:
         self._logger.info("background task %s started", name)

@@ -19,6 +19,7 @@ are the files written here.
 
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,18 +31,28 @@ STACK_NGINX_CONF = Path(__file__).resolve().parent.parent / "nginx.conf"
 NGINX_LOG_LEVELS = {"info": "notice", "warning": "warn", "critical": "crit"}
 
 
+def log_files(settings: Settings) -> bool:
+    return settings.log_target in ("files", "both")
+
+
+def log_streams(settings: Settings) -> bool:
+    return settings.log_target in ("stdout", "both")
+
+
 def nginx_main_settings(settings: Settings) -> str:
     level = NGINX_LOG_LEVELS.get(settings.log_level, settings.log_level)
-    return (
-        f"error_log {settings.stack_log_dir}/nginx/error.log {level};\n"
-        # A stop or reload closes connections still open after this, so `docker stop` ends in time.
-        f"worker_shutdown_timeout {settings.graceful_timeout}s;\n"
-    )
+    lines = [f"error_log {settings.stack_log_dir}/nginx/error.log {level};"] if log_files(settings) else []
+    lines += [f"error_log stderr {level};"] if log_streams(settings) else []
+    # A stop or reload closes connections still open after this, so `docker stop` ends in time.
+    lines += [f"worker_shutdown_timeout {settings.graceful_timeout}s;"]
+    return "\n".join(lines) + "\n"
 
 
 def nginx_http_settings(settings: Settings) -> str:
-    lines = [
-        f"access_log {settings.stack_log_dir}/nginx/access.log main;",
+    access_log = f"{settings.stack_log_dir}/nginx/access.log"
+    lines = [f"access_log {access_log} {settings.log_format};"] if log_files(settings) else []
+    lines += [f"access_log /dev/stdout {settings.log_format};"] if log_streams(settings) else []
+    lines += [
         f"client_max_body_size {settings.client_max_body_size};",
         f"keepalive_timeout {settings.keep_alive}s;",
         f"proxy_read_timeout {settings.proxy_read_timeout}s;",
@@ -62,6 +73,17 @@ def nginx_http_settings(settings: Settings) -> str:
         f"    server unix:{settings.stack_run_dir}/gunicorn.sock fail_timeout=0;",
         "}",
     ]
+    if settings.metrics_port:
+        # Connections and requests for deploy/metrics.py: reachable inside the container only.
+        lines += [
+            "server {",
+            f"    listen unix:{settings.stack_run_dir}/nginx-status.sock;",
+            "    access_log off;",
+            "    location = /stub_status {",
+            "        stub_status;",
+            "    }",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -80,7 +102,7 @@ def nginx_server_settings(settings: Settings) -> str:
 
 # Headers on every answer, nginx's own and the app's. A location with an add_header of its
 # own inherits none from the server, so each location includes this.
-RESPONSE_HEADERS = "add_header X-Request-ID $request_id always;\n"
+RESPONSE_HEADERS = "add_header X-Request-ID $stack_request_id always;\n"
 
 
 def write_nginx_settings(settings: Settings) -> None:
@@ -97,11 +119,43 @@ def write_nginx_settings(settings: Settings) -> None:
         (directory / name).write_text(text)
 
 
+def metrics_folder(settings: Settings) -> str:
+    """prometheus-client's multiprocess folder; empty (single-process mode) without metrics."""
+    return f"{settings.stack_run_dir}/metrics" if settings.metrics_port else ""
+
+
+class FolderError(Exception):
+    """A folder the stack writes to is not writable."""
+
+
+def prepare_folders(settings: Settings) -> None:
+    """Check that the log folder (when logs go to files) and the data folder, and what they
+    hold, are writable; make the log folders of the programs."""
+    folders = [settings.stack_data_dir] + ([settings.stack_log_dir] if log_files(settings) else [])
+    for folder in folders:
+        for path in [Path(folder), *Path(folder).glob("*"), *Path(folder).glob("*/*")]:
+            if not os.access(path, os.W_OK):
+                raise FolderError(f"{path} is not writable by uid {os.getuid()} gid {os.getgid()}. Make the "
+                                  "mounted folder writable by that user (chown), or run without --user.")
+    if log_files(settings):
+        for program in ("nginx", "gunicorn", "app", "jobs"):
+            (Path(settings.stack_log_dir) / program).mkdir(exist_ok=True)
+    (Path(settings.stack_data_dir) / "instance").mkdir(exist_ok=True)
+    if settings.metrics_port:  # emptied at each start, as prometheus-client asks
+        shutil.rmtree(metrics_folder(settings), ignore_errors=True)
+        Path(metrics_folder(settings)).mkdir()
+
+
 def shell_lines(settings: Settings, environ=os.environ) -> str:
-    """What the entrypoint evaluates: the programs' switches, and the secrets read from files."""
+    """What the entrypoint evaluates: the programs' switches, supervisord's log, whether logs
+    go to files, and the secrets read from files."""
     web = settings.role in ("all", "web")
     jobs = settings.role in ("all", "worker")
-    lines = [f"export WEB_AUTOSTART={str(web).lower()} JOBS_AUTOSTART={str(jobs).lower()}"]
+    supervisord_log = f"{settings.stack_log_dir}/supervisord.log" if log_files(settings) else "/dev/null"
+    lines = [f"export WEB_AUTOSTART={str(web).lower()} JOBS_AUTOSTART={str(jobs).lower()} "
+             f"LOGROTATE_AUTOSTART={str(log_files(settings)).lower()} SUPERVISORD_LOGFILE={supervisord_log}",
+             f"export PROMETHEUS_MULTIPROC_DIR={metrics_folder(settings)}",
+             f"LOG_FILES={str(log_files(settings)).lower()}"]
     for name, value in secret_values(environ).items():
         lines.append(f"export {name}={shlex.quote(value)}")
         lines.append(f"unset {name}_FILE")
@@ -116,6 +170,11 @@ def main(argv: list[str]) -> int:
             print(f"configuration error: {line}", file=sys.stderr)
         return 2
     if argv[1:] != ["environment"]:
+        try:
+            prepare_folders(settings)
+        except FolderError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         write_nginx_settings(settings)
     print(shell_lines(settings))
     return 0

@@ -34,22 +34,16 @@ if [ "${1:-}" = supervisord ]; then
         exec setpriv --reuid="${owner%:*}" --regid="${owner#*:}" --clear-groups -- "$0" "$@"
     fi
 
-    # Every variable is checked before anything starts; a bad one stops the container here.
-    # What it prints exports the programs' switches (ROLE) and the secrets given as files.
+    # Every variable is checked before anything starts; a bad one stops the container here,
+    # and so does a log or data folder this user cannot write. It makes the log folders and
+    # writes nginx's settings; what it prints sets the programs' switches (ROLE, LOG_TARGET)
+    # and exports the secrets given as files.
     environment=$(python3 -m deploy.configure) || exit $?
     eval "$environment"
 
-    if ! grep -q " $STACK_LOG_DIR " /proc/self/mountinfo; then
+    if [ "$LOG_FILES" = true ] && ! grep -q " $STACK_LOG_DIR " /proc/self/mountinfo; then
         say "warning: no volume is mounted at $STACK_LOG_DIR; the logs stay inside the container" \
-            "(docker run -v \"\$PWD/logs:$STACK_LOG_DIR\" ...)"
-    fi
-    mkdir -p "$STACK_LOG_DIR/nginx" "$STACK_LOG_DIR/gunicorn" "$STACK_LOG_DIR/app" "$STACK_LOG_DIR/jobs" \
-        "$STACK_DATA_DIR/instance" 2>/dev/null || true
-    unwritable=$(find "$STACK_LOG_DIR" "$STACK_DATA_DIR" -maxdepth 2 ! -writable -print -quit)
-    if [ -n "$unwritable" ]; then
-        say "error: $unwritable is not writable by uid $(id -u) gid $(id -g)." \
-            "Make the mounted folder writable by that user (chown), or run without --user."
-        exit 1
+            "(docker run -v \"\$PWD/logs:$STACK_LOG_DIR\" ..., or LOG_TARGET=stdout for \`docker logs\`)"
     fi
 
     # Prestart hooks: every executable file of the folder, in name order, as this user. The

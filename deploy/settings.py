@@ -143,6 +143,12 @@ def any_text(raw: str) -> str:
     return raw
 
 
+def metrics_port(raw: str) -> int:
+    if re.fullmatch(r"\d+", raw.strip()) and 0 <= int(raw) <= 65535 and int(raw) != 80:
+        return int(raw)
+    raise ValueError("a port from 1 to 65535 other than 80 (nginx's, the public one), or 0 for no metrics")
+
+
 @dataclass(frozen=True)
 class Variable:
     name: str
@@ -190,6 +196,13 @@ VARIABLES = (
              "seconds nginx keeps an idle client connection open (0: no keep-alive)"),
     Variable("LOG_LEVEL", one_of(*LOG_LEVELS), "info",
              "level of gunicorn's and the app's logs, and of nginx's error log"),
+    Variable("LOG_TARGET", one_of("files", "stdout", "both"), "files",
+             "where the logs go: files on the log volume, stdout (`docker logs`, each line marked with its log), "
+             "or both"),
+    Variable("LOG_FORMAT", one_of("text", "json"), "text",
+             "text lines, or one JSON object per line (nginx's and supervisord's own error lines stay text)"),
+    Variable("METRICS_PORT", metrics_port, "9100",
+             "the container port of the Prometheus metrics (never nginx's port 80); 0: no metrics"),
     Variable("CLIENT_MAX_BODY_SIZE", size_in_bytes, "10m",
              "largest request body nginx accepts (larger: 413)"),
     Variable("PROXY_READ_TIMEOUT", whole_number(1, 86_400), "90",
@@ -246,6 +259,9 @@ class Settings:
     graceful_timeout: int
     keep_alive: int
     log_level: str
+    log_target: str
+    log_format: str
+    metrics_port: int
     client_max_body_size: int
     proxy_read_timeout: int
     trusted_proxies: tuple[str, ...]

@@ -1,12 +1,15 @@
 """The WSGI application gunicorn serves (`deploy.wsgi:load()`): the app that APP_MODULE
 names, wrapped by the stack, so that every app gets the same guarantees without code:
 
-    ProxyFix -> HealthMiddleware -> the app
+    ProxyFix -> HealthMiddleware -> the request id -> RequestMetrics -> the app
 
 - ProxyFix trusts exactly one hop of X-Forwarded-For, -Proto, -Host and -Port: nginx, which
   sets them (from its peer, or from a load balancer in TRUSTED_PROXIES), so the app sees the
   real client address, scheme, host and port, and a client cannot forge them.
 - HealthMiddleware answers /healthz and /readyz for any app (deploy/health.py).
+- The request id nginx gave (X-Request-ID) is on every log line written while serving the
+  request, whichever logger writes it (deploy/logs.py).
+- RequestMetrics counts and times the app's answers (deploy/metrics.py; METRICS_PORT=0: not).
 """
 
 import logging
@@ -16,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from deploy.extension import StackExtension, stack_extension
 from deploy.health import HealthMiddleware
+from deploy.logs import REQUEST_ID
 from deploy.settings import Settings
 from deploy.threads import size_thread_pool
 
@@ -27,8 +31,19 @@ def wrap(app, settings: Settings):
     flask_app = app if hasattr(app, "url_map") and hasattr(app, "extensions") else None
     extension = stack_extension(flask_app, settings) if flask_app is not None else StackExtension(settings)
     size_thread_pool(settings.cpu_threads)
-    wrapped = HealthMiddleware(app, flask_app, extension)
+    if settings.metrics_port:
+        from deploy.metrics import RequestMetrics  # noqa: PLC0415  (prometheus-client only when counting)
+        app = RequestMetrics(app, flask_app)
+    wrapped = HealthMiddleware(with_request_id(app), flask_app, extension)
     return ProxyFix(wrapped, x_for=1, x_proto=1, x_host=1, x_port=1)
+
+
+def with_request_id(app):
+    def serve(environ, start_response):
+        # Each request runs in a greenlet (or thread) of its own, with its own context.
+        REQUEST_ID.set(environ.get("HTTP_X_REQUEST_ID"))
+        return app(environ, start_response)
+    return serve
 
 
 def load():

@@ -23,6 +23,7 @@ EXAMPLE_VARIABLES = ("JOB_MAX_SECONDS", "APP_VERSION")
 def stack_environment(monkeypatch, tmp_path):
     """The stack's variables from the developer's shell never leak into a test; the image's
     folders are temporary ones, and the example's bounds are low so that tests stay short."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     for name in [variable.name for variable in VARIABLES] + list(EXAMPLE_VARIABLES):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(f"{name}_FILE", raising=False)
@@ -30,6 +31,8 @@ def stack_environment(monkeypatch, tmp_path):
         folder = tmp_path / name.lower()
         folder.mkdir()
         monkeypatch.setenv(name, str(folder))
+    for program in ("nginx", "gunicorn", "app", "jobs"):  # as the entrypoint makes them
+        (tmp_path / "stack_log_dir" / program).mkdir()
     monkeypatch.setenv("JOB_MAX_SECONDS", "5")
     monkeypatch.setenv("BACKGROUND_TASKS_MAX", "4")
 

@@ -91,7 +91,36 @@ def test_role_selects_the_programs_supervisord_starts():
                            ("web", "WEB_AUTOSTART=true JOBS_AUTOSTART=false"),
                            ("worker", "WEB_AUTOSTART=false JOBS_AUTOSTART=true")]:
         result = configure("environment", ROLE=role)
-        assert result.stdout == f"export {switches}\n"
+        assert result.stdout.startswith(f"export {switches} "), result.stdout
+
+
+@pytest.mark.parametrize("target, files, streams", [("files", True, False), ("stdout", False, True),
+                                                     ("both", True, True)])
+def test_log_target_sends_every_log_to_files_stdout_or_both(target, files, streams):
+    result = configure(LOG_TARGET=target, LOG_FORMAT="json")
+    assert result.returncode == 0, result.stderr
+    log_dir = os.environ["STACK_LOG_DIR"]
+    http = (nginx_folder() / "http.conf").read_text()
+    main = (nginx_folder() / "main.conf").read_text()
+    assert (f"access_log {log_dir}/nginx/access.log json;" in http) == files
+    assert ("access_log /dev/stdout json;" in http) == streams
+    assert (f"error_log {log_dir}/nginx/error.log" in main) == files
+    assert ("error_log stderr" in main) == streams
+    supervisord_log = f"{log_dir}/supervisord.log" if files else "/dev/null"
+    assert f"LOGROTATE_AUTOSTART={str(files).lower()} SUPERVISORD_LOGFILE={supervisord_log}" in result.stdout
+
+
+def test_metrics_get_a_fresh_folder_and_nginx_status_or_nothing():
+    run_dir = Path(os.environ["STACK_RUN_DIR"])
+    (run_dir / "metrics").mkdir()
+    (run_dir / "metrics" / "counter_123.db").write_text("from the last start")
+    result = configure()
+    assert f"export PROMETHEUS_MULTIPROC_DIR={run_dir}/metrics" in result.stdout
+    assert list((run_dir / "metrics").iterdir()) == []
+    assert "stub_status;" in (nginx_folder() / "http.conf").read_text()
+    off = configure(METRICS_PORT="0")
+    assert "export PROMETHEUS_MULTIPROC_DIR=\n" in off.stdout
+    assert "stub_status" not in (nginx_folder() / "http.conf").read_text()
 
 
 def test_secrets_given_as_files_are_exported_for_every_process(tmp_path):

@@ -108,8 +108,9 @@ def listening_tcp_ports(container) -> set[int]:
 
 def test_security_defaults(containers):
     container = containers.start()
-    # Only nginx listens on TCP; gunicorn and supervisord's control interface are unix sockets.
-    assert listening_tcp_ports(container) == {80}
+    # Only nginx (80) and the metrics (9100, published only where the operator chooses) listen
+    # on TCP; gunicorn and supervisord's control interface are unix sockets.
+    assert listening_tcp_ports(container) == {80, 9100}
     status = container.exec("supervisorctl", "status", check=False).stdout
     # A program is STARTING for its first `startsecs` (gunicorn: 5 s), then RUNNING.
     for program in ("gunicorn", "nginx"):

@@ -6,6 +6,7 @@ the order in which the app imports its task modules and makes its queue does not
 Every answer of these routes is JSON, errors included.
 """
 
+import logging
 import re
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, request, url_for
@@ -20,6 +21,7 @@ from deploy.threads import size_thread_pool
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
+log = logging.getLogger("deploy.jobs")
 bp = Blueprint("flask_stack_jobs", __name__, url_prefix="/jobs")
 # Every error of these routes is JSON, whatever the app's own error pages are. A wrong
 # method or path under /jobs reaches a view of this blueprint (below), so its error is too.
@@ -56,6 +58,7 @@ def submit():
         abort(400, description=str(error))
     except QueueFull as error:
         raise ServiceUnavailable(str(error), retry_after=10) from None
+    log.info("job %s queued: %s", record["id"], spec.name)
     location = url_for("flask_stack_jobs.status", job_id=record["id"])
     return jsonify(record), 202, {"Location": location}
 

@@ -10,12 +10,14 @@ then are interrupted (or queued again, where their task declares retries).
 
 import importlib
 import logging
+import logging.config
 import sys
 import threading
 import time
 import traceback
 
 from deploy.jobs.queue import JobQueue
+from deploy.logs import logging_config
 from deploy.settings import ConfigError, Settings
 
 log = logging.getLogger("deploy.jobs.consumer")
@@ -50,18 +52,26 @@ def keep_records(queue: JobQueue) -> None:
 def main() -> int:
     try:
         settings = Settings.from_env()
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-        import_task_modules(settings.job_modules)
     except ConfigError as error:
         for line in str(error).splitlines():
             print(f"configuration error: {line}", file=sys.stderr)
+        return 2
+    logging.config.dictConfig(logging_config(settings, "consumer"))
+    try:
+        import_task_modules(settings.job_modules)
+    except ConfigError as error:
+        log.critical("configuration error: %s", error)  # in the jobs' log
+        if settings.log_target == "files":
+            print(f"configuration error: {error}", file=sys.stderr)  # and on `docker logs`
         return 2
     queue = JobQueue(settings)
     queue.register_tasks()
     log.info("tasks: %s (from %s)", ", ".join(sorted(queue.registry.specs)) or "none",
              ", ".join(settings.job_modules))
     threading.Thread(target=keep_records, args=(queue,), name="job-records", daemon=True).start()
+    if settings.role == "worker" and settings.metrics_port:  # else the gunicorn master serves them
+        from deploy import metrics  # noqa: PLC0415  (prometheus-client only when counting)
+        metrics.serve(settings, metrics.JobsCollector(settings))
     consumer = queue.huey.create_consumer(
         workers=settings.job_workers,
         worker_type=settings.job_worker_type,

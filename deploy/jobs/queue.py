@@ -30,6 +30,7 @@ from huey.storage import SqliteStorage
 
 from deploy.jobs.registry import TaskRegistry, TaskSpec, registry
 from deploy.jobs.store import RedisRecords, SqliteRecords
+from deploy.logs import job_context
 from deploy.settings import Settings
 
 QUEUE_NAME = "flask-stack"
@@ -55,6 +56,11 @@ class StackHuey(Huey):
     def __init__(self, queue: "JobQueue", *args, **kwargs):
         self.job_queue = queue
         super().__init__(*args, **kwargs)
+
+    def execute(self, task, timestamp=None):
+        record = self.job_queue.records.get(task.id) or {}
+        with job_context(task.id, record.get("request_id")):  # on every log line about the job
+            return super().execute(task, timestamp)
 
     def deserialize_task(self, data):
         message = self.serializer.deserialize(data)
@@ -84,6 +90,7 @@ class JobQueue:
         self.registry = tasks
         self.queue_max = settings.job_queue_max
         self.lease_seconds = settings.job_lease_seconds
+        self.counts_jobs = bool(settings.metrics_port)
         self._huey_tasks = {}
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
@@ -134,8 +141,10 @@ class JobQueue:
         names = ", ".join(sorted(self.registry.specs)) or "none"
         error = (f"no task {huey_name!r} in this consumer (host {socket.gethostname()}; its tasks: {names}): "
                  "is its module in JOB_MODULES?")
-        if self.records.change(job_id, ("queued",), {"status": "failed", "finished_at": now_iso(),
-                                                      "error": error}).changed:
+        change = self.records.change(job_id, ("queued",), {"status": "failed", "finished_at": now_iso(),
+                                                           "error": error})
+        if change.changed:
+            self._count(change.record)
             log.error("job %s failed: %s", job_id, error)
 
     def _connect_consumer_hooks(self) -> None:
@@ -175,9 +184,16 @@ class JobQueue:
             self._release_lease(task.id)
             self.end_lost_job(task.id, "the consumer stopped while the job was running", only_if_expired=False)
 
+    def _count(self, record: dict) -> None:
+        if self.counts_jobs and record["status"] in ("done", "failed", "interrupted"):
+            from deploy.metrics import count_finished_job  # noqa: PLC0415  (prometheus-client only when counting)
+            count_finished_job(record["task"], record["status"])
+
     def _finish(self, job_id: str, changes: dict) -> None:
         change = self.records.change(job_id, ("running",), {**changes, "finished_at": now_iso()})
-        if not change.changed:
+        if change.changed:
+            self._count(change.record)
+        else:
             found = change.record["status"] if change.record else "gone"
             log.warning("job %s ended %s after it had been marked %s (its lease had expired)",
                         job_id, changes["status"], found)
@@ -199,6 +215,7 @@ class JobQueue:
                                      lease_expired_at=self.records.now() if only_if_expired else None)
         if not change.changed:
             return None
+        self._count(change.record)
         if retries_left > 0:
             self.huey.enqueue(self._message(spec, job_id, record["args"], retries=retries_left - 1))
         log.warning("job %s (%s, attempt %d): %s: %s", job_id, record["task"], record["attempt"], reason,

@@ -52,7 +52,7 @@ RUN set -eux; \
     # Flask's instance folder of a package in /srv is /srv/instance: on the data volume.
     install -d /srv; \
     ln -s "$STACK_DATA_DIR/instance" /srv/instance; \
-    for command in docker-entrypoint.sh reload rotate-logs run-as-stack; do \
+    for command in docker-entrypoint.sh drain reload rotate-logs run-as-stack; do \
         ln -s "/srv/deploy/$command" "/usr/local/bin/$command"; \
     done
 

@@ -152,8 +152,10 @@ def shell_lines(settings: Settings, environ=os.environ) -> str:
     web = settings.role in ("all", "web")
     jobs = settings.role in ("all", "worker")
     supervisord_log = f"{settings.stack_log_dir}/supervisord.log" if log_files(settings) else "/dev/null"
-    lines = [f"export WEB_AUTOSTART={str(web).lower()} JOBS_AUTOSTART={str(jobs).lower()} "
-             f"LOGROTATE_AUTOSTART={str(log_files(settings)).lower()} SUPERVISORD_LOGFILE={supervisord_log}",
+    switches = {"WEB_AUTOSTART": web, "JOBS_AUTOSTART": jobs, "DRAIN_AUTOSTART": web and settings.drain_seconds > 0,
+                "LOGROTATE_AUTOSTART": log_files(settings)}
+    lines = ["export " + " ".join(f"{name}={str(on).lower()}" for name, on in switches.items()),
+             f"export DRAIN_SECONDS={settings.drain_seconds} SUPERVISORD_LOGFILE={supervisord_log}",
              f"export PROMETHEUS_MULTIPROC_DIR={metrics_folder(settings)}",
              f"LOG_FILES={str(log_files(settings)).lower()}"]
     for name, value in secret_values(environ).items():

@@ -192,6 +192,8 @@ VARIABLES = (
              "seconds a silent gunicorn worker may block its event loop before it is killed and replaced"),
     Variable("GRACEFUL_TIMEOUT", whole_number(1, 3600), "8",
              "seconds nginx and gunicorn give in-flight requests on stop or reload (below Docker's 10 s stop timeout)"),
+    Variable("DRAIN_SECONDS", whole_number(0, 3600), "0",
+             "seconds the stack keeps serving after SIGTERM, /readyz answering 503, before it stops gracefully"),
     Variable("KEEP_ALIVE", whole_number(0, 3600), "75",
              "seconds nginx keeps an idle client connection open (0: no keep-alive)"),
     Variable("LOG_LEVEL", one_of(*LOG_LEVELS), "info",
@@ -257,6 +259,7 @@ class Settings:
     worker_connections: int
     timeout: int
     graceful_timeout: int
+    drain_seconds: int
     keep_alive: int
     log_level: str
     log_target: str

@@ -90,8 +90,9 @@ def test_role_selects_the_programs_supervisord_starts():
     for role, switches in [("all", "WEB_AUTOSTART=true JOBS_AUTOSTART=true"),
                            ("web", "WEB_AUTOSTART=true JOBS_AUTOSTART=false"),
                            ("worker", "WEB_AUTOSTART=false JOBS_AUTOSTART=true")]:
-        result = configure("environment", ROLE=role)
-        assert result.stdout.startswith(f"export {switches} "), result.stdout
+        result = configure("environment", ROLE=role, DRAIN_SECONDS="5")
+        drain = "true" if role != "worker" else "false"  # only a web container drains
+        assert result.stdout.startswith(f"export {switches} DRAIN_AUTOSTART={drain} "), result.stdout
 
 
 @pytest.mark.parametrize("target, files, streams", [("files", True, False), ("stdout", False, True),
@@ -107,7 +108,8 @@ def test_log_target_sends_every_log_to_files_stdout_or_both(target, files, strea
     assert (f"error_log {log_dir}/nginx/error.log" in main) == files
     assert ("error_log stderr" in main) == streams
     supervisord_log = f"{log_dir}/supervisord.log" if files else "/dev/null"
-    assert f"LOGROTATE_AUTOSTART={str(files).lower()} SUPERVISORD_LOGFILE={supervisord_log}" in result.stdout
+    assert f"LOGROTATE_AUTOSTART={str(files).lower()}\n" in result.stdout
+    assert f"SUPERVISORD_LOGFILE={supervisord_log}\n" in result.stdout
 
 
 def test_metrics_get_a_fresh_folder_and_nginx_status_or_nothing():

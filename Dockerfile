@@ -22,6 +22,8 @@ RUN set -eux; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt; \
     /opt/venv/bin/pip uninstall -y --disable-pip-version-check setuptools pip; \
+    # deploy/supervisorctl takes its place: it knows the control socket's password.
+    rm /opt/venv/bin/supervisorctl; \
     find /opt/venv -depth -type d -name tests -exec rm -rf {} +; \
     find /opt/venv -name '*.so' -exec strip --strip-unneeded {} +
 
@@ -52,7 +54,7 @@ RUN set -eux; \
     # Flask's instance folder of a package in /srv is /srv/instance: on the data volume.
     install -d /srv; \
     ln -s "$STACK_DATA_DIR/instance" /srv/instance; \
-    for command in docker-entrypoint.sh drain reload rotate-logs run-as-stack; do \
+    for command in docker-entrypoint.sh drain reload rotate-logs run-as-stack supervisorctl; do \
         ln -s "/srv/deploy/$command" "/usr/local/bin/$command"; \
     done
 

@@ -1,7 +1,7 @@
 """gunicorn's settings in the container. Values that users tune come from deploy.settings
 (environment variables, validated there); `gunicorn --print-config` shows the result."""
 
-from deploy import metrics
+from deploy import gunicorn_errors, metrics
 from deploy.logs import logging_config
 from deploy.settings import Settings
 
@@ -13,6 +13,16 @@ settings = Settings.from_env()
 # [fcgi-program:gunicorn]); gunicorn gets it as fd 0.
 bind = "fd://0"
 backlog = 2048  # connections nginx may queue while every worker is busy
+
+# --- Limits ----------------------------------------------------------------------------
+# nginx is gunicorn's only client and has checked each request line and header already (its
+# large_client_header_buffers): gunicorn adds no stricter limit of its own, which would refuse
+# what nginx let through. What gunicorn still refuses, it answers in JSON (deploy/gunicorn_errors.py).
+limit_request_line = 0
+limit_request_fields = 32768  # gunicorn's most; nginx's header buffers allow fewer
+limit_request_field_size = 0
+permit_unconventional_http_method = True  # nginx passes any method of capital letters, _ and -
+gunicorn_errors.install()
 
 # --- Worker processes ------------------------------------------------------------------
 # The app of APP_MODULE with the stack around it (ProxyFix, /healthz and /readyz): deploy/wsgi.py.

@@ -18,6 +18,7 @@ are the files written here.
 """
 
 import os
+import secrets
 import shlex
 import shutil
 import sys
@@ -61,6 +62,8 @@ def nginx_http_settings(settings: Settings) -> str:
         "    default 0;",
         *(f"    {network} 1;" for network in settings.trusted_proxies),
         "}",
+        *nginx_host_check(settings),
+        *nginx_client_limits(settings),
     ]
     if settings.trusted_proxies:
         # Behind a trusted load balancer the client is the rightmost untrusted X-Forwarded-For entry.
@@ -102,7 +105,31 @@ def nginx_server_settings(settings: Settings) -> str:
 
 # Headers on every answer, nginx's own and the app's. A location with an add_header of its
 # own inherits none from the server, so each location includes this.
-RESPONSE_HEADERS = "add_header X-Request-ID $stack_request_id always;\n"
+RESPONSE_HEADERS = ("add_header X-Request-ID $stack_request_id always;\n"
+                    "add_header X-Content-Type-Options nosniff always;\n")
+
+
+def nginx_host_check(settings: Settings) -> list[str]:
+    """$stack_host_allowed: 1 for a Host in ALLOWED_HOSTS (any, when it is not set), else 0."""
+    if not settings.allowed_hosts:
+        return ["map $host $stack_host_allowed {", "    default 1;  # ALLOWED_HOSTS is not set: any host", "}"]
+    return ["map $host $stack_host_allowed {", "    hostnames;", "    default 0;",
+            *(f"    {name} 1;" for name in settings.allowed_hosts), "}"]
+
+
+def nginx_client_limits(settings: Settings) -> list[str]:
+    """Per client address (the one nginx trusts, after the realip module): requests in progress
+    and, if set, their rate; more is a 429."""
+    lines = ["limit_conn_status 429;", "limit_req_status 429;", "limit_conn_log_level warn;",
+             "limit_req_log_level warn;"]
+    if settings.client_max_connections:
+        lines += ["limit_conn_zone $binary_remote_addr zone=per_client:10m;",
+                  f"limit_conn per_client {settings.client_max_connections};"]
+    if settings.client_rate_limit:
+        rate, unit = settings.client_rate_limit.split("r/")
+        lines += [f"limit_req_zone $binary_remote_addr zone=per_client_rate:10m rate={settings.client_rate_limit};",
+                  f"limit_req zone=per_client_rate burst={rate} nodelay;  # short bursts of a {unit}'s worth"]
+    return lines
 
 
 def write_nginx_settings(settings: Settings) -> None:
@@ -146,6 +173,17 @@ def prepare_folders(settings: Settings) -> None:
         Path(metrics_folder(settings)).mkdir()
 
 
+def make_control_password(settings: Settings) -> str:
+    """supervisord's control socket gets a password of its own at each start, kept in a file
+    that only this user (and root) can read, for deploy/supervisorctl."""
+    password = secrets.token_urlsafe(24)
+    path = Path(settings.stack_run_dir) / "supervisor-password"
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(password)
+    return password
+
+
 def shell_lines(settings: Settings, environ=os.environ) -> str:
     """What the entrypoint evaluates: the programs' switches, supervisord's log, whether logs
     go to files, and the secrets read from files."""
@@ -178,6 +216,11 @@ def main(argv: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         write_nginx_settings(settings)
+        print(f"export SUPERVISOR_PASSWORD={make_control_password(settings)}")
+        if not settings.allowed_hosts and settings.role != "worker":
+            print("warning: ALLOWED_HOSTS is not set: requests for any Host reach the app, which then builds "
+                  "absolute URLs (redirects, links in mails) with the client's Host; set it to your names",
+                  file=sys.stderr)
     print(shell_lines(settings))
     return 0
 

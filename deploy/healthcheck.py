@@ -24,7 +24,7 @@ def web_is_healthy() -> bool:
 
 
 def consumer_is_running() -> bool:
-    status = subprocess.run(["supervisorctl", "-c", "/srv/supervisord.conf", "status", "jobs"],
+    status = subprocess.run(["supervisorctl", "status", "jobs"],
                             capture_output=True, text=True, timeout=5)
     print(status.stdout.strip())
     return status.returncode == 0  # supervisorctl: 0 only when RUNNING

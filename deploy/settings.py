@@ -143,6 +143,22 @@ def any_text(raw: str) -> str:
     return raw
 
 
+def request_rate(raw: str) -> str:
+    # nginx's own syntax for limit_req: N requests a second or a minute.
+    match = re.fullmatch(r"(\d+)/([sm])", raw.strip().lower())
+    if raw.strip() == "" or (match and int(match[1]) > 0):
+        return f"{match[1]}r/{match[2]}" if match else ""
+    raise ValueError("requests a second or a minute, e.g. 20/s or 600/m, or empty for no limit")
+
+
+def host_names(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip().lower() for name in raw.split(",") if name.strip())
+    if all(re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", name)
+           for name in names):
+        return names
+    raise ValueError("host names or *.domain patterns separated by commas, e.g. api.example.com,*.example.org")
+
+
 def metrics_port(raw: str) -> int:
     if re.fullmatch(r"\d+", raw.strip()) and 0 <= int(raw) <= 65535 and int(raw) != 80:
         return int(raw)
@@ -209,6 +225,13 @@ VARIABLES = (
              "largest request body nginx accepts (larger: 413)"),
     Variable("PROXY_READ_TIMEOUT", whole_number(1, 86_400), "90",
              "seconds nginx waits for the app to answer (longer: 504)"),
+    Variable("ALLOWED_HOSTS", host_names, "",
+             "the Host names this service answers to (e.g. api.example.com,*.example.org); any other is a 400 "
+             "(default: any, with a warning at start)"),
+    Variable("CLIENT_MAX_CONNECTIONS", whole_number(0, 1_000_000), "512",
+             "requests one client address may have in progress at once (more: 429); 0: no limit"),
+    Variable("CLIENT_RATE_LIMIT", request_rate, "",
+             "requests a client address may make a second or a minute, e.g. 20/s (more: 429; default: no limit)"),
     Variable("TRUSTED_PROXIES", networks, "",
              "load balancers in front of this container whose X-Forwarded-* headers nginx believes (default: none)"),
     Variable("STATIC_PATH", optional_folder, "",
@@ -267,6 +290,9 @@ class Settings:
     metrics_port: int
     client_max_body_size: int
     proxy_read_timeout: int
+    allowed_hosts: tuple[str, ...]
+    client_max_connections: int
+    client_rate_limit: str
     trusted_proxies: tuple[str, ...]
     static_path: str
     static_url: str

@@ -30,6 +30,10 @@ def wrap(app, settings: Settings):
     """`app` (any WSGI app; a Flask app gets its stack state in app.extensions) with the stack around it."""
     flask_app = app if hasattr(app, "url_map") and hasattr(app, "extensions") else None
     extension = stack_extension(flask_app, settings) if flask_app is not None else StackExtension(settings)
+    if flask_app is not None and settings.allowed_hosts:
+        # Flask's own check agrees with nginx's (which refuses the others first): "*.x" is Flask's ".x".
+        flask_app.config["TRUSTED_HOSTS"] = [name[1:] if name.startswith("*.") else name
+                                             for name in settings.allowed_hosts]
     size_thread_pool(settings.cpu_threads)
     if settings.metrics_port:
         from deploy.metrics import RequestMetrics  # noqa: PLC0415  (prometheus-client only when counting)

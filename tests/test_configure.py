@@ -45,7 +45,8 @@ def test_nginx_accepts_what_it_writes(tmp_path):
         pytest.fail("this test needs nginx: apt-get install nginx")
     static = tmp_path / "static"
     static.mkdir()
-    assert configure(TRUSTED_PROXIES="10.0.0.0/8", STATIC_PATH=str(static)).returncode == 0
+    assert configure(TRUSTED_PROXIES="10.0.0.0/8", STATIC_PATH=str(static), ALLOWED_HOSTS="a.example,*.b.example",
+                     CLIENT_RATE_LIMIT="10/s", LOG_TARGET="both", LOG_FORMAT="json").returncode == 0
     for folder in ("nginx", "gunicorn"):
         (Path(os.environ["STACK_LOG_DIR"]) / folder).mkdir(exist_ok=True)
     check = subprocess.run(["nginx", "-t", "-p", f"{nginx_folder()}/", "-c", str(nginx_folder() / "nginx.conf")],
@@ -133,3 +134,22 @@ def test_secrets_given_as_files_are_exported_for_every_process(tmp_path):
     show = 'printf %s "$SECRET_KEY"; echo; echo "${SECRET_KEY_FILE-unset}"'
     shell = subprocess.run(["sh", "-c", f"{result.stdout}\n{show}"], capture_output=True, text=True, check=True)
     assert shell.stdout == "it's a \"secret\" $(not run)\nunset\n"
+
+
+def test_per_client_limits_and_allowed_hosts():
+    defaults = nginx_http_settings(Settings.from_env())
+    assert "limit_conn per_client 512;" in defaults and "limit_req " not in defaults
+    assert "map $host $stack_host_allowed {\n    default 1;" in defaults
+    limited = nginx_http_settings(Settings.from_env({**os.environ, "CLIENT_MAX_CONNECTIONS": "0",
+                                                     "CLIENT_RATE_LIMIT": "30/m",
+                                                     "ALLOWED_HOSTS": "api.example.com,*.example.org"}))
+    assert "limit_conn per_client" not in limited
+    assert "limit_req_zone $binary_remote_addr zone=per_client_rate:10m rate=30r/m;" in limited
+    assert "limit_req zone=per_client_rate burst=30 nodelay;" in limited
+    assert ("map $host $stack_host_allowed {\n    hostnames;\n    default 0;\n    api.example.com 1;\n"
+            "    *.example.org 1;\n}") in limited
+
+
+def test_a_missing_allowed_hosts_is_a_warning_at_start():
+    assert "warning: ALLOWED_HOSTS is not set" in configure().stderr
+    assert configure(ALLOWED_HOSTS="api.example.com").stderr == ""

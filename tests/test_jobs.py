@@ -3,11 +3,14 @@
 Redis server."""
 
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 
 import pytest
 import redis
@@ -15,9 +18,10 @@ from flask import Flask
 
 from app import create_app
 from deploy import jobs
-from deploy.jobs.queue import JobQueue
+from deploy.jobs.queue import JobNotCancelable, JobQueue
 from deploy.jobs.registry import TaskRegistry
 from deploy.settings import Settings
+from tests import figures
 from tests.conftest import ROOT
 from tests.containers import TERMINAL, JobsClient, free_port, wait_until
 
@@ -350,3 +354,48 @@ def test_counts_of_live_jobs_by_task_and_the_oldest_queued(flaky_queue):
     assert counts == {("queued", "flaky"): 1, ("running", "flaky"): 1}
     assert queue.records.now() - queue.records.oldest_queued() < 5
     assert queue.record(first["id"])["status"] == "running"
+
+
+def test_a_cancel_racing_a_consumer_start_leaves_a_possible_record_every_time(storage_environment):
+    # The web side and the consumer side each with their own connection to the store, as in
+    # two processes; each round releases both at once.
+    registry = TaskRegistry()
+    ran = []
+
+    @registry.task()
+    def work(n: int) -> int:
+        ran.append(n)
+        return n
+
+    web, consumer = JobQueue(Settings.from_env(), registry), JobQueue(Settings.from_env(), registry)
+    rounds, outcomes = 60, Counter()
+    for n in range(rounds):
+        job = web.submit(*registry.validate("work", {"n": n}, {}))
+        message = consumer.huey.dequeue()
+        both_ready = threading.Barrier(2)
+        canceled = {}
+
+        def cancel(job_id, both_ready, canceled):
+            both_ready.wait()
+            time.sleep(random.uniform(0, 0.003))  # either side may win the round
+            try:
+                canceled["record"] = web.cancel(job_id)
+            except JobNotCancelable:
+                canceled["record"] = None
+
+        racer = threading.Thread(target=cancel, args=(job["id"], both_ready, canceled))
+        racer.start()
+        both_ready.wait()
+        time.sleep(random.uniform(0, 0.003))
+        consumer.huey.execute(message)
+        racer.join()
+        record = web.record(job["id"])
+        if canceled["record"] is not None:  # the cancel won: the job never ran
+            assert (record["status"], n in ran, record["started_at"]) == ("canceled", False, None), record
+        else:  # the start won: the cancel was refused, the job ran once and is done
+            assert (record["status"], ran.count(n), record["result"]) == ("done", 1, n), record
+        outcomes[record["status"]] += 1
+    assert set(outcomes) == {"canceled", "done"}, outcomes  # both sides won rounds: they raced
+    figures.record(f"cancel racing a consumer's start, {storage_environment}", rounds, 0,
+                   f"{outcomes['canceled']} canceled and never run, {outcomes['done']} refused (409) and run once: "
+                   "no other record")

@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -24,7 +26,7 @@ from hypothesis import strategies as st
 
 from tests import figures
 from tests.conftest import ROOT
-from tests.containers import ContainerFactory, user_owned_folder, wait_until
+from tests.containers import ContainerFactory, docker, user_owned_folder, wait_until
 
 LOAD_PATH = "/job1?seconds=0.1"  # each request waits inside gunicorn: there are always some in flight
 RECOVERY_BOUND = 5.0  # seconds from a kill -9 to the last failed request
@@ -271,52 +273,58 @@ def request(target: bytes, headers: bytes = b"", method: bytes = b"GET", version
     return method + b" " + target + b" " + version + b"\r\n" + H + headers + b"\r\n"
 
 
-# name, raw request, expected status, whether the body is JSON (gunicorn's own refusals are text)
+# name, raw request, expected status: every answer is JSON, nginx's, gunicorn's or the app's
 HOSTILE = [
-    ("body larger than CLIENT_MAX_BODY_SIZE", JSON_POST + b"Content-Length: 20000000\r\n\r\n" + b"x" * 1000, 413, True),
-    ("Expect: 100-continue with a huge body", JSON_POST + b"Expect: 100-continue\r\nContent-Length: 99999999\r\n\r\n", 413, True),
-    ("one 10 KB header", request(b"/healthz", b"X-Big: " + b"a" * 10_000 + b"\r\n"), 400, True),
-    ("42 KB of headers", request(b"/healthz", b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 7000) for i in range(6))), 400, True),
-    ("10 KB URI", request(b"/healthz?" + b"a" * 10_000), 414, True),
-    ("6 KB query value (over gunicorn's 4 KB request line)", request(b"/job2?arg1=" + b"a" * 6000 + b"&arg2=b&seconds=0"), 414, False),
-    ("request line without a method", b"/healthz HTTP/1.1\r\n" + H + b"\r\n", 400, True),
-    ("lower-case method", request(b"/healthz", method=b"get"), 400, True),
-    ("binary garbage", b"\x01\x02\x03garbage\r\n\r\n", 400, True),
-    ("HTTP/2.0 spoken as text", request(b"/healthz", version=b"HTTP/2.0"), 400, True),
-    ("bad percent-encoding in the path", request(b"/%zz"), 400, True),
-    ("bad percent-encoding in the query", request(b"/job2?arg1=%zz&arg2=%&seconds=0"), 200, True),
-    ("path traversal", request(b"/../../etc/passwd"), 400, True),
-    ("encoded path traversal", request(b"/%2e%2e/%2e%2e/etc/passwd"), 400, True),
-    ("traversal with encoded slashes", request(b"/healthz/..%2f..%2fetc%2fpasswd"), 400, True),
-    ("POST to a GET endpoint", request(b"/healthz", b"Content-Length: 0\r\n", method=b"POST"), 405, True),
-    ("unknown method", request(b"/healthz", method=b"FOO"), 405, True),
-    ("TRACE", request(b"/", method=b"TRACE"), 405, True),
-    ("non-JSON body where JSON is expected", JSON_POST + b"Content-Length: 9\r\n\r\nnot json{", 400, True),
-    ("JSON array where an object is expected", JSON_POST + b"Content-Length: 2\r\n\r\n[]", 400, True),
-    ("unicode, percent-encoded", request(b"/job2?arg1=%E6%97%A5&arg2=%F0%9F%98%80&seconds=0"), 200, True),
-    ("raw UTF-8 bytes in the request line", request("/job2?arg1=日本&arg2=b".encode()), 400, False),
-    ("invalid UTF-8, percent-encoded", request(b"/job2?arg1=%FF%FE&arg2=b&seconds=0"), 200, True),
-    ("NUL in the query, encoded", request(b"/job2?arg1=%00&arg2=b&seconds=0"), 200, True),
-    ("NUL in the path, encoded", request(b"/healthz%00"), 400, True),
-    ("NUL byte in the request line", request(b"/heal\x00thz"), 400, True),
-    ("NUL byte in a header", request(b"/healthz", b"X-A: a\x00b\r\n"), 400, True),
-    ("negative seconds", request(b"/job1?seconds=-1"), 400, True),
-    ("non-numeric seconds", request(b"/job1?seconds=abc"), 400, True),
-    ("infinite seconds", request(b"/job1?seconds=1e999"), 400, True),
-    ("NaN seconds", request(b"/job?seconds=nan"), 400, True),
-    ("Content-Length and Transfer-Encoding (smuggling)", JSON_POST + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, True),
-    ("unknown Transfer-Encoding", JSON_POST + b"Transfer-Encoding: gzip\r\n\r\n", 400, True),
-    ("malformed chunked body", JSON_POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400, True),
-    ("negative Content-Length", JSON_POST + b"Content-Length: -5\r\n\r\n", 400, True),
-    ("HTTP/1.1 without Host", b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 400, True),
-    ("two Host headers", b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400, True),
-    ("folded header (obs-fold)", request(b"/healthz", b"X-A: a\r\n  folded\r\n"), 400, True),
-    ("forged X-Forwarded-For garbage", request(b"/ip", b"X-Forwarded-For: <script>, ;;, 999.1.1.1\r\n"), 200, True),
+    ("body larger than CLIENT_MAX_BODY_SIZE", JSON_POST + b"Content-Length: 20000000\r\n\r\n" + b"x" * 1000, 413),
+    ("Expect: 100-continue with a huge body", JSON_POST + b"Expect: 100-continue\r\nContent-Length: 99999999\r\n\r\n", 413),
+    ("one 10 KB header", request(b"/healthz", b"X-Big: " + b"a" * 10_000 + b"\r\n"), 400),
+    ("42 KB of headers", request(b"/healthz", b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 7000) for i in range(6))), 400),
+    ("10 KB URI", request(b"/healthz?" + b"a" * 10_000), 414),
+    ("6 KB request line (over gunicorn's own 4 KB limit, under nginx's 8 KB)", request(b"/job2?arg1=" + b"a" * 6000 + b"&arg2=b&seconds=0"), 200),
+    ("request line without a method", b"/healthz HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("lower-case method", request(b"/healthz", method=b"get"), 400),
+    ("binary garbage", b"\x01\x02\x03garbage\r\n\r\n", 400),
+    ("HTTP/2.0 spoken as text", request(b"/healthz", version=b"HTTP/2.0"), 400),
+    ("bad percent-encoding in the path", request(b"/%zz"), 400),
+    ("bad percent-encoding in the query", request(b"/job2?arg1=%zz&arg2=%&seconds=0"), 200),
+    ("path traversal", request(b"/../../etc/passwd"), 400),
+    ("encoded path traversal", request(b"/%2e%2e/%2e%2e/etc/passwd"), 400),
+    ("traversal with encoded slashes", request(b"/healthz/..%2f..%2fetc%2fpasswd"), 400),
+    ("POST to a GET endpoint", request(b"/healthz", b"Content-Length: 0\r\n", method=b"POST"), 405),
+    ("unknown method", request(b"/healthz", method=b"FOO"), 405),
+    ("TRACE", request(b"/", method=b"TRACE"), 405),
+    ("non-JSON body where JSON is expected", JSON_POST + b"Content-Length: 9\r\n\r\nnot json{", 400),
+    ("JSON array where an object is expected", JSON_POST + b"Content-Length: 2\r\n\r\n[]", 400),
+    ("unicode, percent-encoded", request(b"/job2?arg1=%E6%97%A5&arg2=%F0%9F%98%80&seconds=0"), 200),
+    ("raw UTF-8 bytes in the request line", request("/job2?arg1=日本&arg2=b".encode()), 400),
+    ("a control byte in the request target", request(b"/job2?arg1=a\x01b&arg2=b"), 400),
+    ("a control byte in a header value", request(b"/", b"X-A: a\x01b\r\n"), 400),
+    ("DEL in a header value", request(b"/", b"User-Agent: a\x7fb\r\n"), 400),
+    ("101 headers (over gunicorn's own 100)", request(b"/", b"".join(b"X-H%d: v\r\n" % i for i in range(101))), 200),
+    ("a two-letter method", request(b"/", method=b"AB"), 405),
+    ("an absolute-form request target", request(b"http://localhost/"), 200),
+    ("invalid UTF-8, percent-encoded", request(b"/job2?arg1=%FF%FE&arg2=b&seconds=0"), 200),
+    ("NUL in the query, encoded", request(b"/job2?arg1=%00&arg2=b&seconds=0"), 200),
+    ("NUL in the path, encoded", request(b"/healthz%00"), 400),
+    ("NUL byte in the request line", request(b"/heal\x00thz"), 400),
+    ("NUL byte in a header", request(b"/healthz", b"X-A: a\x00b\r\n"), 400),
+    ("negative seconds", request(b"/job1?seconds=-1"), 400),
+    ("non-numeric seconds", request(b"/job1?seconds=abc"), 400),
+    ("infinite seconds", request(b"/job1?seconds=1e999"), 400),
+    ("NaN seconds", request(b"/job?seconds=nan"), 400),
+    ("Content-Length and Transfer-Encoding (smuggling)", JSON_POST + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("unknown Transfer-Encoding", JSON_POST + b"Transfer-Encoding: gzip\r\n\r\n", 400),
+    ("malformed chunked body", JSON_POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    ("negative Content-Length", JSON_POST + b"Content-Length: -5\r\n\r\n", 400),
+    ("HTTP/1.1 without Host", b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+    ("two Host headers", b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400),
+    ("folded header (obs-fold)", request(b"/healthz", b"X-A: a\r\n  folded\r\n"), 400),
+    ("forged X-Forwarded-For garbage", request(b"/ip", b"X-Forwarded-For: <script>, ;;, 999.1.1.1\r\n"), 200),
 ]
 
 
-def raw_request(port: int, data: bytes) -> tuple[int, str, bytes]:
-    """Sends `data` as it is; the answer's status, content type and body."""
+def raw_request(port: int, data: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """Sends `data` as it is; the answer's status, headers and body."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         try:
             sock.sendall(data)
@@ -324,7 +332,7 @@ def raw_request(port: int, data: bytes) -> tuple[int, str, bytes]:
             pass  # the server answered and closed before reading it all: its answer is still there
         response = http.client.HTTPResponse(sock, method=data.split(b" ", 1)[0].decode("latin-1"))
         response.begin()
-        return response.status, response.headers.get("Content-Type", ""), response.read()
+        return response.status, response.headers, response.read()
 
 
 def is_json(content_type: str, body: bytes) -> bool:
@@ -335,17 +343,20 @@ def is_json(content_type: str, body: bytes) -> bool:
     return content_type == "application/json"
 
 
-def test_hostile_input_gets_its_answer_never_a_5xx(stack):
+def test_hostile_input_gets_its_json_answer_never_a_5xx(stack):
     assert len(HOSTILE) >= 25
     wrong = []
-    for name, data, expected, json_body in HOSTILE:
-        status, content_type, body = raw_request(stack.port, data)
-        if (status, is_json(content_type, body)) != (expected, json_body):
-            wrong.append(f"{name}: {status} {body[:100]!r}, expected {expected} {'JSON' if json_body else 'text'}")
+    for name, data, expected in HOSTILE:
+        status, headers, body = raw_request(stack.port, data)
+        marked = headers.get("X-Content-Type-Options") == "nosniff" and re.fullmatch(r"[0-9a-f]{32}",
+                                                                                       headers.get("X-Request-ID", ""))
+        if (status, is_json(headers.get("Content-Type", ""), body), bool(marked)) != (expected, True, True):
+            wrong.append(f"{name}: {status} {dict(headers)} {body[:100]!r}, expected {expected}, JSON, headers")
     assert not wrong, "\n".join(wrong)
     assert stack.get("/healthz").status == 200
     figures.record(f"hostile input: {len(HOSTILE)} cases", len(HOSTILE), len(wrong),
-                   "each its expected 4xx (or 200), no 5xx")
+                   "each its expected 4xx (or 200), JSON with X-Request-ID and nosniff, never a 5xx "
+                   "or a gunicorn page")
 
 
 FUZZED = {"requests": 0}
@@ -418,3 +429,123 @@ def test_memory_after_100k_requests_stays_near_its_value_after_10k(containers):
     figures.record("memory: 100k requests (ab, 32 at a time)", 100_000, failed,
                    f"RSS of the container {after_10k:.0f} MiB after 10k, {after_100k:.0f} MiB after 100k "
                    f"(bound: x{MEMORY_GROWTH_BOUND})")
+
+
+# --- 8: one client cannot hold the door; wrong hosts; a clean stop ---------------------------
+
+def answer_is_json_and_marked(response) -> bool:
+    return (response.headers.get("Content-Type") == "application/json" and "error" in response.json()
+            and response.headers.get("X-Content-Type-Options") == "nosniff" and "X-Request-ID" in response.headers)
+
+
+def test_one_client_past_its_share_of_connections_is_refused_while_others_are_served(containers):
+    # The test is every client's peer (Docker's proxy): trusted, it names the clients in
+    # X-Forwarded-For, as a load balancer does. 203.0.113.1 asks for more than its share.
+    peer = containers.start().get("/ip").json()["client_ip"]
+    limit = 20
+    container = containers.start(env={"TRUSTED_PROXIES": peer, "CLIENT_MAX_CONNECTIONS": str(limit)})
+
+    def slow_request(client: str):
+        return container.get("/job1?seconds=3", headers={"X-Forwarded-For": client}, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=limit + 10) as pool:
+        hog = [pool.submit(slow_request, "203.0.113.1") for _ in range(limit + 10)]
+        time.sleep(1)  # the hog's requests are in progress
+        others = [container.get("/", headers={"X-Forwarded-For": f"203.0.113.{n}"}) for n in range(2, 12)]
+        answers = [future.result() for future in hog]
+    statuses = Counter(answer.status for answer in answers)
+    assert statuses == {200: limit, 429: 10}, statuses
+    refused = next(answer for answer in answers if answer.status == 429)
+    assert answer_is_json_and_marked(refused) and refused.headers["Retry-After"] == "1"
+    assert [other.status for other in others] == [200] * 10
+    figures.record(f"one client past CLIENT_MAX_CONNECTIONS={limit} (through a trusted proxy)", len(answers) + 10,
+                   0, f"{statuses[200]} of its requests served, {statuses[429]} refused with a JSON 429 "
+                   f"(Retry-After); 10 other clients served meanwhile")
+
+
+def test_a_client_past_its_request_rate_is_refused_and_others_are_not(containers):
+    peer = containers.start().get("/ip").json()["client_ip"]
+    container = containers.start(env={"TRUSTED_PROXIES": peer, "CLIENT_RATE_LIMIT": "5/s"})
+    fast = Counter(container.get("/", headers={"X-Forwarded-For": "203.0.113.1"}).status for _ in range(40))
+    other = container.get("/", headers={"X-Forwarded-For": "203.0.113.2"})
+    assert fast[429] >= 20 and fast[200] >= 5, fast
+    assert other.status == 200
+    figures.record("one client past CLIENT_RATE_LIMIT=5/s (40 requests at once)", 41, 0,
+                   f"{fast[200]} served, {fast[429]} refused with a JSON 429; another client served")
+
+
+def test_a_host_outside_allowed_hosts_is_refused_by_nginx_and_health_still_answers(containers, log_dir):
+    container = containers.start(logs=log_dir, env={"ALLOWED_HOSTS": "api.example.com,*.example.org"})
+    served = {host: container.get("/", headers={"Host": host}).status
+              for host in ("api.example.com", "API.example.com:8080", "a.b.example.org")}
+    assert served == dict.fromkeys(served, 200)
+    evil = container.get("/ip", headers={"Host": "evil.example.net"})
+    assert evil.status == 400 and answer_is_json_and_marked(evil)
+    assert evil.json()["message"] == "this service does not answer for this host"
+    assert container.get("/ip", headers={"Host": "example.org"}).status == 400  # *.example.org: subdomains only
+    assert container.get("/healthz", headers={"Host": "10.1.2.3"}).status == 200  # an orchestrator's probe
+    assert container.get("/readyz", headers={"Host": "10.1.2.3"}).status == 200
+    assert "/ip" not in (log_dir / "gunicorn/access.log").read_text()  # the refused one never reached the app
+    assert "ALLOWED_HOSTS is not set" not in container.logs()
+    figures.record("wrong Host (ALLOWED_HOSTS=api.example.com,*.example.org)", 7, 0,
+                   "the allowed names served; another host a JSON 400 from nginx, never reaching the app; "
+                   "/healthz and /readyz for any host")
+
+
+def test_every_kind_of_answer_carries_the_request_id_and_nosniff(containers):
+    container = containers.start(env={"CLIENT_MAX_BODY_SIZE": "1k"})
+    answers = {
+        "the app": container.get("/"),
+        "the app's error": container.get("/nope"),
+        "health": container.get("/healthz"),
+        "nginx's refusal": container.get("/", method="POST", body=b"x" * 4096),
+        "nginx's refusal of the target": raw_answer(container.port, request("/日本".encode())),
+        "gunicorn's refusal": raw_answer(container.port, request(b"/", b"X-A: \x01\r\n")),
+    }
+    unmarked = {kind: dict(answer.headers) for kind, answer in answers.items()
+                if answer.headers.get("X-Content-Type-Options") != "nosniff"
+                or not re.fullmatch(r"[0-9a-f]{32}", answer.headers.get("X-Request-ID", ""))}
+    assert unmarked == {}
+    assert answers["the app"].headers.get_all("X-Content-Type-Options") == ["nosniff"]  # once, not twice
+
+
+def raw_answer(port: int, data: bytes):
+    status, headers, body = raw_request(port, data)
+    return SimpleNamespace(status=status, headers=headers, body=body)
+
+
+def test_docker_stop_and_restart_leave_no_traceback_and_no_crit_line(containers, log_dir):
+    container = containers.start(logs=log_dir)
+    assert container.get("/").status == 200
+    container.restart()
+    assert container.get("/").status == 200
+    docker("stop", container.id, timeout=60)
+    assert container.state()["ExitCode"] == 0
+    output = container.logs() + (log_dir / "supervisord.log").read_text()
+    for alarm in ("Traceback", "CRIT", "Error", "ImportError"):
+        assert alarm not in output, f"{alarm} in the output of docker stop / restart:\n{output}"
+    figures.record("docker restart, then docker stop", 1, 0,
+                   "exit status 0; no traceback, no CRIT line in docker logs or supervisord.log")
+
+
+def test_slowhttptest_cannot_starve_normal_clients(stack):
+    # A real attack tool: slowloris (headers never finished) at 200 new connections a second.
+    if not shutil.which("slowhttptest"):
+        pytest.fail("this case needs slowhttptest: apt-get install slowhttptest")
+    attack = subprocess.Popen(["slowhttptest", "-H", "-c", "2000", "-r", "200", "-i", "5", "-l", "15",
+                               "-u", f"http://127.0.0.1:{stack.port}/", "-p", "3", "-o", "/dev/null"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(5)  # up to 1000 slow connections open
+        held = sum(port == 80 and state == "01" for port, state in stack.tcp_sockets())
+        with load(stack.port, seconds=6, path="/", concurrency=4) as result:
+            pass
+    finally:
+        attack.terminate()
+        attack.wait(timeout=30)
+    assert held >= 300, f"the attack held only {held} connections"
+    assert not result.failures, result.summary()
+    p99 = statistics.quantiles(result.latencies(), n=100)[98]
+    assert p99 < SLOW_LATENCY_BOUND
+    figures.record("slowhttptest slowloris, 200 new connections/s for 15 s", result.sent, 0,
+                   f"{held} slow connections held; normal clients' p99 {p99 * 1000:.0f} ms")

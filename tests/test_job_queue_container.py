@@ -108,12 +108,17 @@ def redis_network(image):
         docker("network", "rm", network, check=False)
 
 
-def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis_network):
+def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis_network, tmp_path):
     shared = {"REDIS_URL": "redis://redis:6379/0"}
     options = ("--network", redis_network)
     web1 = containers.start(*options, env={**shared, "ROLE": "web"})
     web2 = containers.start(*options, env={**shared, "ROLE": "web"})
-    worker = containers.start(*options, env={**shared, "ROLE": "worker"}, wait=False)
+    # The worker takes the URL from a secret file, as Docker's and Kubernetes' secrets are given.
+    secret = tmp_path / "redis_url"
+    secret.write_text("redis://redis:6379/0\n")
+    secret.chmod(0o644)
+    worker = containers.start(*options, "-v", f"{secret}:/run/secrets/redis_url:ro",
+                              env={"REDIS_URL_FILE": "/run/secrets/redis_url", "ROLE": "worker"}, wait=False)
 
     job = jobs_of(web1).submit("job2", arg1="from", arg2="web1", seconds=0.5)
     record = jobs_of(web2).wait_for_status(job["id"], container=worker)

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.containers import docker, wait_until
+from tests.containers import JobsClient, docker, user_owned_folder, wait_until
 
 
 def wait_until_replaced(container, pidfile: str, old_pid: int) -> None:
@@ -62,3 +62,39 @@ def test_docker_stop_finishes_the_request_in_flight_and_exits_0(containers):
     assert (response.status, response.json()) == (200, {"task": "job1", "seconds": 3.0})
     assert container.state()["ExitCode"] == 0
     assert stop_took < 10, f"docker stop took {stop_took:.1f} s: Docker kills at 10 s"
+
+
+def test_a_draining_container_is_not_ready_but_serves_until_drain_seconds_pass(containers):
+    container = containers.start(env={"DRAIN_SECONDS": "4"})
+    assert container.get("/readyz").status == 200
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.monotonic()
+        stopping = pool.submit(docker, "stop", "-t", "30", container.id, timeout=60)
+        wait_until(lambda: container.get("/readyz").status == 503, 3, "/readyz answering 503 at once")
+        assert container.get("/readyz").json()["failures"]["draining"].startswith("the container is stopping")
+        served_while_draining = 0
+        while time.monotonic() - started < 3:
+            assert container.get("/").status == 200  # still serving every request
+            served_while_draining += 1
+        stopping.result(timeout=60)
+        took = time.monotonic() - started
+    assert container.state()["ExitCode"] == 0
+    assert 4 <= took < 4 + 10, f"docker stop took {took:.1f} s with DRAIN_SECONDS=4"
+    assert served_while_draining > 10
+    assert "drain: told to stop" in container.logs()
+
+
+def test_the_stack_runs_on_a_read_only_root(containers, log_dir, tmp_path):
+    data = user_owned_folder(tmp_path / "data")
+    container = containers.start("--read-only", "--tmpfs", "/run/flask-stack", "--tmpfs", "/tmp",
+                                 "-v", f"{data}:/var/lib/app", logs=log_dir)
+    container.wait_until_healthy()
+    jobs = JobsClient.over_http(container.port)
+    assert jobs.wait_for_status(jobs.submit("job1", seconds=0)["id"], container=container)["status"] == "done"
+    assert container.get("/job?seconds=0").status == 202
+    container.exec("rotate-logs")
+    container.exec("reload")
+    assert container.get("/").status == 200
+    assert container.exec("touch", "/srv/new-file", check=False).returncode != 0  # the root is read-only
+    assert (data / "jobs.db").exists() and (data / "instance").is_dir()
+    assert (log_dir / "nginx/access.log.1").exists()

@@ -27,7 +27,10 @@ gunicorn_errors.install()
 # --- Worker processes ------------------------------------------------------------------
 # The app of APP_MODULE with the stack around it (ProxyFix, /healthz and /readyz): deploy/wsgi.py.
 wsgi_app = "deploy.wsgi:load()"
-worker_class = "gevent"  # one event loop per worker: slow I/O waits without holding the worker
+# gevent: one event loop per worker, so slow I/O waits without holding the worker; this one is
+# fair to nginx's kept-alive connections and closes its listener at once when it is to stop.
+worker_class = "deploy.gunicorn_worker.FairGeventWorker"
+keepalive = 5  # seconds an idle kept-alive connection from nginx stays open: nginx closes it first (4 s)
 workers = settings.web_concurrency
 worker_connections = settings.worker_connections
 timeout = settings.timeout

@@ -1,14 +1,17 @@
-"""Issue 5's benchmark: every configuration side by side, on this machine, in one run.
+"""The benchmark: every configuration side by side, on this machine, in one run.
 
 Run it with `bench/run` (it prepares the tools, the packages and the image, then runs
-`python -m bench.bench`). Each configuration is started on a free loopback port, loaded,
-and stopped (also on Ctrl-C or failure); every load is bounded in time. Results go to
-bench/results/: results.json, results.md and chart.png.
+`python -m bench.bench`). Each configuration is started on a free loopback port (the
+container without Docker's proxy: on a bridge network of the benchmark's own, at its own
+address), loaded, and stopped (also on Ctrl-C or failure); every load is bounded in time.
+Results go to bench/results/: results.json, results.md and chart.png. bench/README.md says
+what each workload is.
 """
 
 import asyncio
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -22,7 +25,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -35,6 +38,7 @@ BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent  # the benchmark's venv: python, gunicorn, uwsgi
 IMAGE = os.environ.get("BENCH_IMAGE", "flask-stack:bench")
 FAST_SECONDS = float(os.environ.get("BENCH_FAST_SECONDS", "10"))
+MIXED_SECONDS = float(os.environ.get("BENCH_MIXED_SECONDS", "20"))
 SLOW_DEADLINE = float(os.environ.get("BENCH_SLOW_DEADLINE", "10"))  # a burst's bound, in seconds
 MAX_LOAD = float(os.environ.get("BENCH_MAX_LOAD", "1.0"))  # wait (up to 10 min) for a quieter machine
 ONLY = os.environ.get("BENCH_ONLY", "")  # e.g. "stack,uwsgi": a subset, while tuning
@@ -42,10 +46,17 @@ FAST_CONNECTIONS = (64, 256)
 SLOW_CONCURRENCY = (100, 1000, 2000)
 FAST_PATH = "/"  # an ordinary route of the app: a small JSON answer
 SLOW_PATH = "/job1?seconds=1"
+# The users' traffic: a fast JSON route with ~1 ms of CPU, a 50 ms wait on I/O, a 1 s wait.
+MIXED = (("fast", "/compute?n=20000", 0.80), ("io_50ms", "/job1?seconds=0.05", 0.15), ("io_1s", SLOW_PATH, 0.05))
+MIXED_CONNECTIONS = 256
+RECYCLE_MAX_REQUESTS = 2000  # so that workers are replaced several times during the run
 # The stack's own defaults (or the WEB_CONCURRENCY etc. set in this shell): gunicorn direct uses them too.
 # (The image's folders do not matter for these; each run has its own, app_env() below.)
 STACK = Settings.from_env({**{name: tempfile.gettempdir() for name in ("STACK_LOG_DIR", "STACK_RUN_DIR",
                                                                        "STACK_DATA_DIR")}, **os.environ})
+# One client address (the benchmark's) opens thousands of connections at once: the stack's
+# per-client limit is a load balancer's, lifted, as for a trusted balancer in production.
+BENCH_ENV = {"CLIENT_MAX_CONNECTIONS": "0"}
 
 
 class Server:
@@ -55,8 +66,9 @@ class Server:
         self.work = work
         self.processes: list[subprocess.Popen] = []
         self.container = ""
-        self.port = 0
+        self.address = ("127.0.0.1", 0)
         self.ready_s = 0.0
+        self.env: dict = {}
 
     def spawn(self, name: str, command: list, **kwargs) -> None:
         with open(self.work / f"{name}.log", "ab") as log:
@@ -71,6 +83,14 @@ class Server:
 
     def died(self) -> bool:
         return any(process.poll() is not None for process in self.processes)
+
+    def reload_app(self) -> None:
+        """`reload app`: gunicorn replaces its workers (HUP to its master)."""
+        if self.container:
+            docker("exec", self.container, "reload", "app")
+        else:
+            master = int((Path(self.env["STACK_RUN_DIR"]) / "gunicorn.pid").read_text())
+            os.kill(master, signal.SIGHUP)
 
     def stop(self) -> None:
         if self.container:
@@ -112,13 +132,15 @@ def render(template: str, work: Path, port: int) -> Path:
 
 # --- The configurations: each starts its processes serving on 127.0.0.1:port -------------
 
-def app_env(server: Server) -> dict:
+def app_env(server: Server, **overrides: str) -> dict:
     """The environment the image gives its processes, with its folders in the run's folder."""
     folders = {"STACK_LOG_DIR": server.work / "log", "STACK_RUN_DIR": server.work / "run",
                "STACK_DATA_DIR": server.work / "data"}
     for folder in [*folders.values(), *(server.work / "log" / name for name in ("nginx", "gunicorn", "app", "jobs"))]:
         folder.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "PYTHONPATH": str(ROOT), **{name: str(path) for name, path in folders.items()}}
+    server.env = {**os.environ, "PYTHONPATH": str(ROOT), **{name: str(path) for name, path in folders.items()},
+                  **BENCH_ENV, **overrides}
+    return server.env
 
 
 def dev_server(threaded: bool) -> Callable[[Server, int], None]:
@@ -135,27 +157,49 @@ def gunicorn_direct(*options: str) -> Callable[[Server, int], None]:
     return start
 
 
-def stack_native(server: Server, port: int) -> None:
-    """The image's nginx.conf, gunicorn_config.py and deploy/, as the entrypoint and supervisord run them,
-    with the folders in the run's folder and nginx on `port` instead of 80."""
-    env = app_env(server)
-    subprocess.run([BIN / "python", "-m", "deploy.configure"], cwd=ROOT, env=env, check=True, capture_output=True)
-    nginx_folder = Path(env["STACK_RUN_DIR"]) / "nginx"
-    nginx_conf = server.work / "nginx.conf"
-    nginx_conf.write_text((ROOT / "nginx.conf").read_text().replace("listen 80 ", f"listen 127.0.0.1:{port} "))
-    (nginx_folder / "nginx.conf").write_text(f"include {nginx_conf};\n")
-    # In the image supervisord creates gunicorn's socket and passes it as fd 0: here gunicorn binds it.
-    server.spawn("gunicorn", [BIN / "gunicorn", "--config", ROOT / "gunicorn_config.py",
-                              f"--bind=unix:{env['STACK_RUN_DIR']}/gunicorn.sock"], cwd=ROOT, env=env)
-    server.spawn("nginx", ["nginx", "-p", f"{nginx_folder}/", "-c", nginx_folder / "nginx.conf"])
+def stack_native(**overrides: str) -> Callable[[Server, int], None]:
+    """The image's nginx.conf, gunicorn_config.py and deploy/, as the entrypoint and supervisord run
+    them, with the folders in the run's folder, nginx on `port` instead of 80, and `overrides`."""
+    def start(server: Server, port: int) -> None:
+        env = app_env(server, **overrides)
+        configure = subprocess.run([BIN / "python", "-m", "deploy.configure"], cwd=ROOT, env=env, check=True,
+                                   capture_output=True, text=True).stdout
+        env.update(re.findall(r"(\w+)=(\S*)", configure))  # the entrypoint's exports (the metrics' folder...)
+        nginx_folder = Path(env["STACK_RUN_DIR"]) / "nginx"
+        nginx_conf = server.work / "nginx.conf"
+        nginx_conf.write_text((ROOT / "nginx.conf").read_text().replace("listen 80 ", f"listen 127.0.0.1:{port} "))
+        (nginx_folder / "nginx.conf").write_text(f"include {nginx_conf};\n")
+        # In the image supervisord creates gunicorn's socket and passes it as fd 0: here gunicorn binds it.
+        server.spawn("gunicorn", [BIN / "gunicorn", "--config", ROOT / "gunicorn_config.py",
+                                  f"--bind=unix:{env['STACK_RUN_DIR']}/gunicorn.sock"], cwd=ROOT, env=env)
+        server.spawn("nginx", ["nginx", "-p", f"{nginx_folder}/", "-c", nginx_folder / "nginx.conf", "-e", "stderr"])
+    return start
 
 
-def stack_container(server: Server, port: int) -> None:
-    logs = server.work / "container-logs"
-    logs.mkdir(exist_ok=True)
-    passed_on = [f"--env={variable.name}" for variable in VARIABLES if variable.name in os.environ]
-    server.container = docker("run", "-d", f"--publish=127.0.0.1:{port}:80", f"--volume={logs}:/var/log/app",
-                              *passed_on, IMAGE)
+def stack_container(direct: bool) -> Callable[[Server, int], None]:
+    """The image as users run it: through the published port (Docker's userland proxy on
+    loopback), or `direct`ly at its address on the benchmark's bridge network (no proxy)."""
+    def start(server: Server, port: int) -> None:
+        logs = server.work / "container-logs"
+        logs.mkdir(exist_ok=True)
+        passed_on = [f"--env={variable.name}" for variable in VARIABLES if variable.name in os.environ]
+        where = [f"--network={bridge_network()}"] if direct else [f"--publish=127.0.0.1:{port}:80"]
+        server.container = docker("run", "-d", *where, f"--volume={logs}:/var/log/app", *passed_on,
+                                  *(f"--env={name}={value}" for name, value in BENCH_ENV.items()), IMAGE)
+        if direct:
+            ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", server.container)
+            server.address = (ip, 80)
+    return start
+
+
+BRIDGE = "flask-stack-bench"
+
+
+def bridge_network() -> str:
+    """A bridge network of the benchmark's own (removed at the end of the run)."""
+    if subprocess.run(["docker", "network", "inspect", BRIDGE], capture_output=True).returncode != 0:
+        docker("network", "create", BRIDGE)
+    return BRIDGE
 
 
 def nginx_return200(server: Server, port: int) -> None:
@@ -181,8 +225,7 @@ class Config:
     key: str
     label: str
     start: Callable[[Server, int], None]
-    fast: bool = True  # run the fast-path workload
-    slow: bool = True  # run the slow-I/O bursts
+    workloads: tuple[str, ...] = ("fast", "mixed", "slow")
 
 
 W = STACK.web_concurrency
@@ -192,11 +235,18 @@ CONFIGS = [
     Config("sync", "gunicorn sync × 4, direct", gunicorn_direct("--workers=4")),
     Config("gevent", f"gunicorn gevent × {W}, direct", gunicorn_direct(
         "--worker-class=gevent", f"--workers={W}", f"--worker-connections={STACK.worker_connections}")),
-    Config("stack", f"this stack, native: nginx → gunicorn gevent × {W}", stack_native),
-    Config("container", "this stack in its container (published port)", stack_container),
-    Config("nginx", "nginx `return 200` (ceiling)", nginx_return200, slow=False),
+    Config("stack", f"this stack, native: nginx → gunicorn gevent × {W}", stack_native(),
+           ("fast", "mixed", "slow", "recycle")),
+    Config("stack-json", "this stack, native, LOG_FORMAT=json (metrics on, the default)",
+           stack_native(LOG_FORMAT="json"), ("fast",)),
+    Config("stack-bare", "this stack, native, METRICS_PORT=0 (no metrics, text logs)",
+           stack_native(METRICS_PORT="0"), ("fast",)),
+    Config("container", "this stack in its container (published port)", stack_container(direct=False)),
+    Config("container-direct", "this stack in its container (its own address, no proxy)",
+           stack_container(direct=True), ("fast", "slow")),
+    Config("nginx", "nginx `return 200` (ceiling)", nginx_return200, ("fast",)),
     Config("uwsgi", "nginx → uwsgi × 16, cheaper 2 (tiangolo image)", uwsgi_nginx),
-    Config("floor", "bare asyncio server that sleeps (floor)", asyncio_floor, fast=False),
+    Config("floor", "bare asyncio server that sleeps (floor)", asyncio_floor, ("slow",)),
 ]
 
 
@@ -206,27 +256,32 @@ def running(config: Config, base: Path):
     work = Path(tempfile.mkdtemp(dir=base, prefix=f"{config.key}."))
     work.chmod(0o755)  # nginx's workers (nobody, when run as root) reach the sockets inside
     server, port = Server(work), free_port()
+    server.address = ("127.0.0.1", port)
     started = time.monotonic()
     try:
         config.start(server, port)
-        wait_until_ready(server, port)
-        server.port, server.ready_s = port, time.monotonic() - started
+        wait_until_ready(server)
+        server.ready_s = time.monotonic() - started
         yield server
     finally:
         server.stop()
 
 
-def wait_until_ready(server: Server, port: int, deadline: float = 60) -> None:
+def url(address: tuple[str, int], path: str) -> str:
+    return f"http://{address[0]}:{address[1]}{path}"
+
+
+def wait_until_ready(server: Server, deadline: float = 60) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end and not server.died():
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{FAST_PATH}", timeout=2) as response:
+            with urllib.request.urlopen(url(server.address, FAST_PATH), timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.05)
     logs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in server.work.glob("*.log"))
-    raise RuntimeError(f"not answering on port {port} within {deadline} s:\n{logs}")
+    raise RuntimeError(f"not answering at {server.address} within {deadline} s:\n{logs}")
 
 
 # --- Measurements ----------------------------------------------------------------------
@@ -289,13 +344,15 @@ def docker_proxy_cpu_seconds() -> float:
     return total
 
 
-def wrk(port: int, connections: int, seconds: float) -> dict:
-    """wrk for `seconds` on the fast path: successful requests/s, latency, errors, and the cores wrk used."""
+def wrk(address: tuple[str, int], connections: int, seconds: float, path: str = FAST_PATH,
+        post_body: str | None = None) -> dict:
+    """wrk for `seconds`: successful requests/s, latency, errors, and the cores wrk used."""
     before, proxy_before = cpu_seconds(resource.RUSAGE_CHILDREN), docker_proxy_cpu_seconds()
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout=10s",
-               "-s", BENCH / "wrk-json.lua", f"http://127.0.0.1:{port}{FAST_PATH}"]
+               "-s", BENCH / "wrk-json.lua", url(address, path)]
+    env = {**os.environ, **({"WRK_POST_BODY": post_body} if post_body else {})}
     run = subprocess.run([str(part) for part in command], capture_output=True, text=True,
-                         timeout=seconds + 60, check=True)
+                         timeout=seconds + 60, check=True, env=env)
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     duration = summary["duration_us"] / 1e6
     return {
@@ -308,11 +365,11 @@ def wrk(port: int, connections: int, seconds: float) -> dict:
     }
 
 
-async def one_request(port: int, path: str) -> tuple[int, float]:
+async def one_request(address: tuple[str, int], path: str) -> tuple[int, float]:
     """A fresh connection, one GET, the whole answer read: (status or 0 on failure, end time)."""
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address[0]}\r\nConnection: close\r\n\r\n".encode())
         status = int((await reader.readline()).split()[1])
         await reader.read()
         writer.close()
@@ -321,57 +378,161 @@ async def one_request(port: int, path: str) -> tuple[int, float]:
     return status, time.perf_counter()
 
 
-async def burst_async(port: int, count: int) -> dict:
+def percentile(values: list[float], p: float) -> float | None:
+    """The p-th percentile of `values` (in s) in ms; None when there is none or it is past a deadline."""
+    if not values:
+        return None
+    value = sorted(values)[min(len(values) - 1, int(len(values) * p / 100))]
+    return None if value == float("inf") else round(value * 1000, 1)
+
+
+async def burst_async(address: tuple[str, int], count: int) -> dict:
     start = time.perf_counter()
-    tasks = [asyncio.ensure_future(one_request(port, SLOW_PATH)) for _ in range(count)]
+    tasks = [asyncio.ensure_future(one_request(address, SLOW_PATH)) for _ in range(count)]
     done, pending = await asyncio.wait(tasks, timeout=SLOW_DEADLINE)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     answers = [task.result() for task in done]
-    ok = sorted(end - start for status, end in answers if status == 200)
+    ok = [end - start for status, end in answers if status == 200]
     # Unfinished requests count as slower than any finished one: past the deadline.
     latencies = ok + [float("inf")] * len(pending)
     wall = SLOW_DEADLINE if pending else max(end for _, end in answers) - start
-
-    def percentile(p: float) -> float | None:
-        value = latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] if latencies else None
-        return None if value in (None, float("inf")) else round(value * 1000)
-
     return {"ok": len(ok), "errors": len(answers) - len(ok), "unfinished": len(pending),
             "wall_s": round(wall, 3), "rps": round(len(ok) / wall, 1),
-            "p50_ms": percentile(50), "p99_ms": percentile(99)}
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
 
 
-def burst(port: int, count: int) -> dict:
+def burst(address: tuple[str, int], count: int) -> dict:
     """`count` slow requests at once, each on its own connection, bounded by SLOW_DEADLINE."""
     before = cpu_seconds(resource.RUSAGE_SELF)
-    result = asyncio.run(burst_async(port, count))
+    result = asyncio.run(burst_async(address, count))
     result["client_cores"] = round((cpu_seconds(resource.RUSAGE_SELF) - before) / result["wall_s"], 2)
     return result
 
 
+@dataclass
+class MixedTally:
+    latencies: dict = field(default_factory=lambda: {kind: [] for kind, _, _ in MIXED})
+    errors: int = 0
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """One HTTP/1.1 answer: its status, and whether the server keeps the connection open."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        while (size := int((await reader.readline()).split(b";")[0], 16)):
+            await reader.readexactly(size + 2)
+        await reader.readline()
+    else:
+        await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get("connection", "").lower() != "close"
+
+
+async def mixed_client(address: tuple[str, int], deadline: float, tally: MixedTally, chooser: random.Random):
+    """One connection, kept alive, sending the mix one request after the other until the deadline."""
+    kinds, weights = [(kind, path) for kind, path, _ in MIXED], [weight for _, _, weight in MIXED]
+    connection = None
+    while time.perf_counter() < deadline:
+        kind, path = chooser.choices(kinds, weights)[0]
+        started = time.perf_counter()
+        try:
+            if connection is None:
+                connection = await asyncio.open_connection(*address)
+            reader, writer = connection
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {address[0]}\r\n\r\n".encode())
+            status, keep = await asyncio.wait_for(read_answer(reader), timeout=10)
+        except (TimeoutError, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            tally.errors += 1
+            connection = None
+            continue
+        if status == 200:
+            tally.latencies[kind].append(time.perf_counter() - started)
+        else:
+            tally.errors += 1
+        if not keep:
+            connection[1].close()
+            connection = None
+
+
+async def mixed_async(address: tuple[str, int], seconds: float) -> MixedTally:
+    tally, deadline = MixedTally(), time.perf_counter() + seconds
+    chooser = random.Random(1)  # the same mix for every configuration
+    await asyncio.gather(*(mixed_client(address, deadline, tally, random.Random(chooser.random()))
+                           for _ in range(MIXED_CONNECTIONS)))
+    return tally
+
+
+def mixed(address: tuple[str, int]) -> dict:
+    """The users' traffic: MIXED_CONNECTIONS connections for MIXED_SECONDS, each request picked at random."""
+    before = cpu_seconds(resource.RUSAGE_SELF)
+    tally = asyncio.run(mixed_async(address, MIXED_SECONDS))
+    ok = sum(len(latencies) for latencies in tally.latencies.values())
+    return {"rps": round(ok / MIXED_SECONDS), "ok": ok, "errors": tally.errors,
+            "client_cores": round((cpu_seconds(resource.RUSAGE_SELF) - before) / MIXED_SECONDS, 2),
+            **{f"{kind}_p50_ms": percentile(latencies, 50) for kind, latencies in tally.latencies.items()},
+            **{f"{kind}_p99_ms": percentile(latencies, 99) for kind, latencies in tally.latencies.items()},
+            **{f"{kind}_ok": len(latencies) for kind, latencies in tally.latencies.items()}}
+
+
+def recycle_and_reload(config: Config, work: Path) -> dict:
+    """The fast path at c256 for 20 s with MAX_REQUESTS low (workers replaced every few seconds)
+    and a `reload app` in the middle: GET, then POST."""
+    results = {}
+    for method, path, body in (("GET", FAST_PATH, None), ("POST", "/compute", '{"n": 100}')):
+        recycling = Config(config.key, config.label, stack_native(MAX_REQUESTS=str(RECYCLE_MAX_REQUESTS)))
+        with running(recycling, work) as server:
+            reload = threading.Timer(10, server.reload_app)
+            reload.start()
+            try:
+                results[method] = wrk(server.address, 256, 20, path, post_body=body)
+            finally:
+                reload.cancel()
+            log = (Path(server.env["STACK_LOG_DIR"]) / "gunicorn/error.log").read_text()
+            results[method]["workers_replaced"] = log.count("Autorestarting worker after current request")
+    return results
+
+
 def measure(config: Config, work: Path) -> dict:
-    """The configuration's idle footprint, fast path and slow bursts (a fresh start for each burst)."""
+    """The configuration's idle footprint and workloads (a fresh start for each burst)."""
     result = {"label": config.label, "fast": {}, "slow": {}}
     with running(config, work) as server:
         time.sleep(1)
         result["ready_s"] = round(server.ready_s, 2)
         result["idle"] = memory(server, full=True)
-        if config.fast:
-            wrk(server.port, FAST_CONNECTIONS[0], 1)  # warm-up, not recorded
+        if "fast" in config.workloads:
+            wrk(server.address, FAST_CONNECTIONS[0], 1)  # warm-up, not recorded
             for connections in FAST_CONNECTIONS:
                 print(f"  fast path, {connections} connections, {FAST_SECONDS:g} s", flush=True)
                 outcome = result["fast"][connections] = {}
                 with peak_memory(server, outcome):
-                    outcome.update(wrk(server.port, connections, FAST_SECONDS))
-    for count in SLOW_CONCURRENCY if config.slow else ():
+                    outcome.update(wrk(server.address, connections, FAST_SECONDS))
+    if "mixed" in config.workloads:
+        print(f"  mixed traffic, {MIXED_CONNECTIONS} connections, {MIXED_SECONDS:g} s", flush=True)
+        with running(config, work) as server:
+            result["mixed"] = {}
+            with peak_memory(server, result["mixed"]):
+                result["mixed"].update(mixed(server.address))
+            if server.container:
+                result["after_load_cgroup_mb"] = container_memory_mb(server)
+    for count in SLOW_CONCURRENCY if "slow" in config.workloads else ():
         print(f"  slow I/O, {count} requests at once", flush=True)
         with running(config, work) as server:
             outcome = result["slow"][count] = {}
             with peak_memory(server, outcome):
-                outcome.update(burst(server.port, count))
+                outcome.update(burst(server.address, count))
+    if "recycle" in config.workloads:
+        print(f"  fast path with MAX_REQUESTS={RECYCLE_MAX_REQUESTS} and a reload, GET and POST", flush=True)
+        result["recycle"] = recycle_and_reload(config, work)
     return result
+
+
+def container_memory_mb(server: Server) -> int:
+    """The container's memory as Docker counts it (its cgroup: each page once)."""
+    return megabytes(docker("stats", "--no-stream", "--format", "{{.MemUsage}}", server.container).split("/")[0])
 
 
 def container_facts(work: Path) -> dict:
@@ -388,10 +549,8 @@ def container_facts(work: Path) -> dict:
             time.sleep(0.1)
         facts["healthy_s"] = round(time.monotonic() - started, 2)
         time.sleep(3)  # idle
-        # The container's memory as Docker counts it (its cgroup: each page once), and each
-        # program's share of it (PSS of its processes).
-        facts["cgroup_mb"] = megabytes(docker("stats", "--no-stream", "--format", "{{.MemUsage}}",
-                                              server.container).split("/")[0])
+        # The container's memory as Docker counts it, and each program's share of it (PSS).
+        facts["cgroup_mb"] = container_memory_mb(server)
         programs: dict[str, float] = {}
         for process, info in process_memory(server, full=True):
             try:
@@ -434,8 +593,10 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2000 connections, for wrk and servers too
     wait_for_quiet_machine()
     results = {"machine": report.machine(), "load_before": os.getloadavg(), "configs": {},
-               "settings": {"fast_seconds": FAST_SECONDS, "slow_deadline_s": SLOW_DEADLINE, "image": IMAGE,
-                            "web_concurrency": W, "worker_connections": STACK.worker_connections}}
+               "settings": {"fast_seconds": FAST_SECONDS, "mixed_seconds": MIXED_SECONDS,
+                            "mixed_connections": MIXED_CONNECTIONS, "slow_deadline_s": SLOW_DEADLINE,
+                            "image": IMAGE, "web_concurrency": W, "worker_connections": STACK.worker_connections,
+                            "recycle_max_requests": RECYCLE_MAX_REQUESTS}}
     work = Path(tempfile.mkdtemp(prefix="flask-stack-bench."))
     work.chmod(0o755)
     try:
@@ -447,6 +608,7 @@ def main() -> None:
             results["container"] = container_facts(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["docker", "network", "rm", BRIDGE], capture_output=True)
     results["load_after"] = os.getloadavg()
     report.write(results, BENCH / "results")
 

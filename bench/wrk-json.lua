@@ -1,4 +1,12 @@
--- wrk prints this one JSON line at the end: counts, errors and latency percentiles in µs.
+-- WRK_POST_BODY set: every request is a POST of that JSON body. wrk prints one JSON line at
+-- the end: counts, errors and latency percentiles in µs.
+local body = os.getenv("WRK_POST_BODY")
+if body then
+  wrk.method = "POST"
+  wrk.body = body
+  wrk.headers["Content-Type"] = "application/json"
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

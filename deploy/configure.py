@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from deploy.settings import ConfigError, Settings, secret_values
+from deploy.settings import ConfigError, Settings, secret_values, usable_cpus
 
 STACK_NGINX_CONF = Path(__file__).resolve().parent.parent / "nginx.conf"
 
@@ -46,6 +46,8 @@ def nginx_main_settings(settings: Settings) -> str:
     lines += [f"error_log stderr {level};"] if log_streams(settings) else []
     # A stop or reload closes connections still open after this, so `docker stop` ends in time.
     lines += [f"worker_shutdown_timeout {settings.graceful_timeout}s;"]
+    # One worker per CPU the container may use (its CPU quota, not the host's CPUs as `auto` counts).
+    lines += [f"worker_processes {usable_cpus()};"]
     return "\n".join(lines) + "\n"
 
 
@@ -70,10 +72,16 @@ def nginx_http_settings(settings: Settings) -> str:
         lines += [f"set_real_ip_from {network};" for network in settings.trusted_proxies]
         lines += ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
     lines += [
-        # fail_timeout=0: never mark the only upstream as down after an error. No `keepalive`:
-        # each request takes a new connection from gunicorn's accept queue, in order.
+        # fail_timeout=0: never mark the only upstream as down after an error. Connections to
+        # gunicorn are kept open and reused (deploy/gunicorn_worker.py serves them fairly): up to
+        # 64 idle ones per nginx worker, each closed after 4 s idle (before gunicorn's 5 s, so
+        # nginx never sends on one gunicorn is closing) or 1000 requests, to spread them anew
+        # over gunicorn's workers.
         "upstream gunicorn {",
         f"    server unix:{settings.stack_run_dir}/gunicorn.sock fail_timeout=0;",
+        "    keepalive 64;",
+        "    keepalive_timeout 4s;",
+        "    keepalive_requests 1000;",
         "}",
     ]
     if settings.metrics_port:

@@ -140,3 +140,17 @@ def test_cpu_work_refuses_bad_rounds(client, rounds):
     response = client.get(f"/cpu?rounds={rounds}")
     assert response.status_code == 400
     assert "rounds must be a whole number from 1 to 5000000" in response.json["message"]
+
+
+def test_compute_answers_get_and_post(client):
+    assert client.get("/compute?n=4").json == {"n": 4, "sum_of_squares": 14}
+    assert client.post("/compute", json={"n": 4}).json == {"n": 4, "sum_of_squares": 14}
+    assert client.get("/compute").json["n"] == 20000
+
+
+@pytest.mark.parametrize("query, body", [("n=0", None), ("n=abc", None), ("n=1000001", None),
+                                         (None, {"n": True}), (None, {"n": "x"}), (None, [1])])
+def test_compute_refuses_a_bad_n(client, query, body):
+    response = client.get(f"/compute?{query}") if query else client.post("/compute", json=body)
+    assert response.status_code == 400
+    assert response.json["message"] == "n must be a whole number from 1 to 1000000"

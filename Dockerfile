@@ -58,9 +58,12 @@ RUN set -eux; \
         ln -s "/srv/deploy/$command" "/usr/local/bin/$command"; \
     done
 
+# MALLOC_ARENA_MAX: glibc makes a memory arena per thread that allocates; two are enough for
+# processes whose threads mostly wait (the consumer, the metrics' server) and cost less memory.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/srv \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2
 
 COPY --from=packages /opt/venv /opt/venv
 RUN set -eux; \

@@ -145,14 +145,14 @@ def app_env(server: Server, **overrides: str) -> dict:
 
 def dev_server(threaded: bool) -> Callable[[Server, int], None]:
     def start(server: Server, port: int) -> None:
-        code = f"from app.wsgi import app; app.run('127.0.0.1', {port}, threaded={threaded})"
+        code = f"from app import create_app; create_app().run('127.0.0.1', {port}, threaded={threaded})"
         server.spawn("flask", [BIN / "python", "-c", code], cwd=ROOT, env=app_env(server))
     return start
 
 
 def gunicorn_direct(*options: str) -> Callable[[Server, int], None]:
     def start(server: Server, port: int) -> None:
-        server.spawn("gunicorn", [BIN / "gunicorn", f"--bind=127.0.0.1:{port}", *options, "app.wsgi:app"],
+        server.spawn("gunicorn", [BIN / "gunicorn", f"--bind=127.0.0.1:{port}", *options, "app:create_app()"],
                      cwd=ROOT, env=app_env(server))
     return start
 

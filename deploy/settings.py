@@ -193,7 +193,7 @@ VARIABLES = (
              "the image's folder for sockets, pid files and generated settings, a tmpfs (set by the Dockerfile)"),
     Variable("STACK_DATA_DIR", folder, "",
              "the image's data folder: the job queue's database, the app's instance folder (set by the Dockerfile)"),
-    Variable("APP_MODULE", wsgi_app_path, "app.wsgi:app",
+    Variable("APP_MODULE", wsgi_app_path, "app:create_app()",
              "the WSGI application gunicorn serves"),
     Variable("JOB_MODULES", module_names, _module_of_app,
              "modules the job consumer imports to register the tasks (default: the module of APP_MODULE)"),

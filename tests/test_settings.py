@@ -16,8 +16,8 @@ def settings_from(**environment) -> Settings:
 
 def test_defaults_are_safe():
     settings = settings_from()
-    assert settings.app_module == "app.wsgi:app"
-    assert settings.job_modules == ("app.wsgi",)  # the module of APP_MODULE
+    assert settings.app_module == "app:create_app()"
+    assert settings.job_modules == ("app",)  # the module of APP_MODULE
     assert settings.trusted_proxies == ()
     assert settings.static_path == ""  # nginx serves no folder unless told
     assert settings.log_level == "info"

@@ -248,6 +248,8 @@ class JobQueue:
             time.sleep(self.lease_seconds / 3)
             with self._in_flight_lock:
                 job_ids = list(self._in_flight)
+            if not job_ids:
+                continue
             try:
                 self.records.renew(job_ids, self.records.now() + self.lease_seconds)
             except Exception:  # the store is unreachable for now: the next turn tries again

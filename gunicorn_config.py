@@ -12,7 +12,7 @@ import flask_sock  # noqa: F401
 import deploy.jobs.api  # noqa: F401  (huey; and redis, which huey imports whenever it is installed)
 import deploy.wsgi  # noqa: F401
 from deploy import gunicorn_errors, metrics
-from deploy.logs import logging_config
+from deploy.logs import logging_config, skip_unused_record_fields
 from deploy.settings import Settings
 
 settings = Settings.from_env()
@@ -67,12 +67,19 @@ control_socket_disable = True  # supervisord controls gunicorn: no second contro
 loglevel = settings.log_level
 logger_class = "deploy.logs.AccessLog"
 logconfig_dict = logging_config(settings, "gunicorn")
+skip_unused_record_fields()
 
 
 # --- Hooks ----------------------------------------------------------------------------
 def pre_fork(server, worker):
     """What the master holds stays out of its workers' garbage collections, which would touch
     (and so copy) every object's page."""
+    gc.freeze()
+
+
+def post_worker_init(worker):
+    """The same for what the worker has loaded (the app): objects that live as long as the
+    worker are no garbage, and a full collection, every few hundred requests, need not walk them."""
     gc.freeze()
 
 

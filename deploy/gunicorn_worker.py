@@ -27,6 +27,16 @@ from gunicorn.workers.ggevent import GeventWorker
 ACCEPT_PER_TURN = 16
 
 
+class ListenerName:
+    """What gunicorn's request handling asks of the listening socket: its name."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def getsockname(self):
+        return self.name
+
+
 class FairGeventWorker(GeventWorker):
 
     @property
@@ -47,8 +57,11 @@ class FairGeventWorker(GeventWorker):
         servers = []
         for listener in self.sockets:
             listener.setblocking(1)
-            server = StreamServer(listener, handle=lambda client, addr, listener=listener:
-                                  self.handle(listener, client, addr), spawn=Pool(self.worker_connections))
+            # A connection accepted just before the listener is closed is still served: gunicorn
+            # asks the listener only its name, known from the start.
+            name = ListenerName(listener.getsockname())
+            server = StreamServer(listener, handle=lambda client, addr, name=name: self.handle(name, client, addr),
+                                  spawn=Pool(self.worker_connections))
             server.max_accept = ACCEPT_PER_TURN
             server.start()
             servers.append(server)

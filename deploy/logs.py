@@ -108,13 +108,24 @@ class AccessLog(GunicornLogger):
         })
 
 
+def skip_unused_record_fields() -> None:
+    """No log format of the stack shows a record's thread, process name or source line: logging
+    then need not look them up for every record (the logging HOWTO's "Optimization"; under
+    gevent a thread look-up makes an object per greenlet)."""
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
+
+
 def _handlers(settings: Settings, source: str, file: str, stream: str, text_format: str) -> dict:
     """The dictConfig handlers of one log: a file, a stream, or both (LOG_TARGET)."""
     handlers = {}
     json_format = settings.log_format == "json"
     if settings.log_target in ("files", "both"):
         handlers[f"{source}_file"] = {
-            "class": "logging.handlers.WatchedFileHandler",  # reopens the file when rotate-logs moved it
+            # gunicorn reopens its own loggers' files when rotate-logs signals it (USR1); the
+            # other logs' handlers see for themselves, at a stat() for each line.
+            "class": "logging.FileHandler" if source.startswith("gunicorn.") else "logging.handlers.WatchedFileHandler",
             "filename": f"{settings.stack_log_dir}/{file}",
             "formatter": f"{source}_json" if json_format else f"{source}_text",
             "filters": ["request_context"],

@@ -244,7 +244,7 @@ VARIABLES = (
              "after-response tasks each gunicorn worker holds at once (more: 503)"),
     Variable("CPU_THREADS", whole_number(1, 64), lambda values: str(usable_cpus()),
              "OS threads per web worker for CPU-heavy work in a request (default: usable CPUs)"),
-    Variable("MAX_REQUESTS", whole_number(0, 10_000_000), "10000",
+    Variable("MAX_REQUESTS", whole_number(0, 10_000_000), "100000",
              "requests a gunicorn worker serves before it is replaced, plus up to 10% jitter (0: never)"),
     Variable("LOG_ROTATE_SIZE", size_in_bytes, "50m",
              "size past which a log of nginx, gunicorn, the app or the jobs is rotated (0: only by `rotate-logs`)"),

@@ -17,7 +17,7 @@ import time
 import traceback
 
 from deploy.jobs.queue import JobQueue
-from deploy.logs import logging_config
+from deploy.logs import logging_config, skip_unused_record_fields
 from deploy.settings import ConfigError, Settings
 
 log = logging.getLogger("deploy.jobs.consumer")
@@ -57,6 +57,7 @@ def main() -> int:
             print(f"configuration error: {line}", file=sys.stderr)
         return 2
     logging.config.dictConfig(logging_config(settings, "consumer"))
+    skip_unused_record_fields()
     try:
         import_task_modules(settings.job_modules)
     except ConfigError as error:

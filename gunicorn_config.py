@@ -9,7 +9,19 @@ import gc
 import flask  # noqa: F401
 import flask_sock  # noqa: F401
 
-import deploy.jobs.api  # noqa: F401  (huey; and redis, which huey imports whenever it is installed)
+# What gevent's monkey.patch_all() imports in each worker (it patches nothing when imported).
+import gevent.local  # noqa: F401
+import gevent.monkey  # noqa: F401
+import gevent.select  # noqa: F401
+import gevent.selectors  # noqa: F401
+import gevent.signal  # noqa: F401
+import gevent.ssl  # noqa: F401
+import gevent.subprocess  # noqa: F401
+import gevent.thread  # noqa: F401
+import gevent.threading  # noqa: F401
+import gevent.time  # noqa: F401
+
+import deploy.jobs.api  # noqa: F401  (huey; and redis-py, with REDIS_URL: the Dockerfile)
 import deploy.wsgi  # noqa: F401
 from deploy import gunicorn_errors, metrics
 from deploy.logs import logging_config, skip_unused_record_fields

@@ -1,7 +1,7 @@
-"""/compute: about a millisecond of Python computing on this kind of CPU (n=20000), answered
+"""/compute: a millisecond or two of Python computing (n=20000, on server cores of today), answered
 as JSON: a stand-in for light work in a request (validating, scoring a small payload). GET
 takes `n` from the query, POST from a JSON body: {"n": 20000}. The benchmark's mixed
-workload and its POST case use it."""
+workload and its POST case use it, with the `n` that takes 1 ms on the machine it runs on."""
 
 from flask import Blueprint, abort, jsonify, request
 

@@ -17,6 +17,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from app.compute import sum_of_squares
 from bench import report
 from deploy.settings import VARIABLES, Settings
 
@@ -46,8 +48,23 @@ FAST_CONNECTIONS = (64, 256)
 SLOW_CONCURRENCY = (100, 1000, 2000)
 FAST_PATH = "/"  # an ordinary route of the app: a small JSON answer
 SLOW_PATH = "/job1?seconds=1"
+
+
+def compute_n_for(seconds: float) -> int:
+    """The `n` for which the app's /compute takes `seconds` of CPU on this machine (its own
+    function, timed here: the median of 50 runs after one to warm up), in hundreds."""
+    def one_run() -> float:
+        started = time.process_time()
+        sum_of_squares(20_000)
+        return time.process_time() - started
+    one_run()
+    return max(100, int(round(20_000 * seconds / statistics.median(one_run() for _ in range(50)), -2)))
+
+
 # The users' traffic: a fast JSON route with ~1 ms of CPU, a 50 ms wait on I/O, a 1 s wait.
-MIXED = (("fast", "/compute?n=20000", 0.80), ("io_50ms", "/job1?seconds=0.05", 0.15), ("io_1s", SLOW_PATH, 0.05))
+COMPUTE_N = compute_n_for(0.001)
+MIXED = (("fast", f"/compute?n={COMPUTE_N}", 0.80), ("io_50ms", "/job1?seconds=0.05", 0.15),
+         ("io_1s", SLOW_PATH, 0.05))
 MIXED_CONNECTIONS = 256
 RECYCLE_MAX_REQUESTS = 2000  # so that workers are replaced several times during the run
 # The stack's own defaults (or the WEB_CONCURRENCY etc. set in this shell): gunicorn direct uses them too.
@@ -535,6 +552,21 @@ def container_memory_mb(server: Server) -> int:
     return megabytes(docker("stats", "--no-stream", "--format", "{{.MemUsage}}", server.container).split("/")[0])
 
 
+def cgroup_split_mb(server: Server) -> dict:
+    """What Docker's figure is made of: the processes' own memory (anon) and the active page
+    cache charged to the container (shared libraries, .pyc files, logs: a container is charged
+    for a file's pages when it is the first to read them)."""
+    pid = server.pids()[0]
+    line = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                if line.split(":")[1] in ("memory", ""))
+    folder = Path("/sys/fs/cgroup") / ("memory" if line.split(":")[1] == "memory" else "") / line.split(":")[2][1:]
+    stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+    anon, file, inactive = (("total_rss", "total_cache", "total_inactive_file") if "total_rss" in stat
+                            else ("anon", "file", "inactive_file"))
+    # Docker leaves out the inactive page cache, which the kernel reclaims first.
+    return {"anon": round(int(stat[anon]) / 1e6), "file": round((int(stat[file]) - int(stat[inactive])) / 1e6)}
+
+
 def container_facts(work: Path) -> dict:
     """Image size and layers, and the time from `docker run` to the first answer and to Docker's `healthy`."""
     facts = {"image": IMAGE, "image_mb": round(int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE)) / 1e6),
@@ -551,6 +583,7 @@ def container_facts(work: Path) -> dict:
         time.sleep(3)  # idle
         # The container's memory as Docker counts it, and each program's share of it (PSS).
         facts["cgroup_mb"] = container_memory_mb(server)
+        facts["cgroup_split_mb"] = cgroup_split_mb(server)
         programs: dict[str, float] = {}
         for process, info in process_memory(server, full=True):
             try:
@@ -596,7 +629,7 @@ def main() -> None:
                "settings": {"fast_seconds": FAST_SECONDS, "mixed_seconds": MIXED_SECONDS,
                             "mixed_connections": MIXED_CONNECTIONS, "slow_deadline_s": SLOW_DEADLINE,
                             "image": IMAGE, "web_concurrency": W, "worker_connections": STACK.worker_connections,
-                            "recycle_max_requests": RECYCLE_MAX_REQUESTS}}
+                            "recycle_max_requests": RECYCLE_MAX_REQUESTS, "compute_n": COMPUTE_N}}
     work = Path(tempfile.mkdtemp(prefix="flask-stack-bench."))
     work.chmod(0o755)
     try:

@@ -194,7 +194,7 @@ def make_control_password(settings: Settings) -> str:
 
 def shell_lines(settings: Settings, environ=os.environ) -> str:
     """What the entrypoint evaluates: the programs' switches, supervisord's log, whether logs
-    go to files, and the secrets read from files."""
+    go to files, the secrets read from files, and redis-py's folder when the queue is in Redis."""
     web = settings.role in ("all", "web")
     jobs = settings.role in ("all", "worker")
     supervisord_log = f"{settings.stack_log_dir}/supervisord.log" if log_files(settings) else "/dev/null"
@@ -204,6 +204,10 @@ def shell_lines(settings: Settings, environ=os.environ) -> str:
              f"export DRAIN_SECONDS={settings.drain_seconds} SUPERVISORD_LOGFILE={supervisord_log}",
              f"export PROMETHEUS_MULTIPROC_DIR={metrics_folder(settings)}",
              f"LOG_FILES={str(log_files(settings)).lower()}"]
+    # The image keeps redis-py off the path (Dockerfile) unless the queue is in Redis.
+    if settings.redis_url and environ.get("STACK_REDIS_CLIENT"):
+        path = ":".join(filter(None, (environ.get("PYTHONPATH"), environ["STACK_REDIS_CLIENT"])))
+        lines.append(f"export PYTHONPATH={shlex.quote(path)}")
     for name, value in secret_values(environ).items():
         lines.append(f"export {name}={shlex.quote(value)}")
         lines.append(f"unset {name}_FILE")

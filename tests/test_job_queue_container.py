@@ -130,3 +130,13 @@ def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis
     assert re.search(r"jobs +(STARTING|RUNNING)", status), status
     assert re.search(r"nginx +STOPPED", status) and re.search(r"gunicorn +STOPPED", status), status
     assert re.search(r"jobs +STOPPED", web1.exec("supervisorctl", "status", check=False).stdout)
+    # redis-py is on the stack's path with REDIS_URL, here from a file, as the stack's processes see it.
+    assert worker.exec("run-as-stack", "python3", "-c", "import redis", check=False).returncode == 0
+
+
+def test_without_redis_url_no_process_can_import_redis(containers):
+    """huey imports redis-py whenever it can: with the default queue (SQLite) it is off the path
+    (8 MB less in each Python process that imports huey)."""
+    container = containers.start()
+    result = container.exec("run-as-stack", "python3", "-c", "import redis", check=False)
+    assert result.returncode == 1 and "No module named 'redis'" in result.stderr, result

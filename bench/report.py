@@ -211,7 +211,7 @@ def markdown(results: dict) -> str:
 def chart(results: dict, path: Path) -> None:
     configs = results["configs"]
     deadline = results["settings"]["slow_deadline_s"]
-    figure, axes = plt.subplots(2, 2, figsize=(15, 10))
+    figure, axes = plt.subplots(3, 2, figsize=(15, 15))
     panels = [
         (axes[0][0], "fast", "rps", "fast path GET /: requests/s (log)", "log"),
         (axes[0][1], "fast", "p99_ms", "fast path: p99 latency (ms)", "log"),
@@ -229,6 +229,19 @@ def chart(results: dict, path: Path) -> None:
             axis.bar([i + index * width for i in range(len(keys))], values, width, label=f"{prefix}{name}")
         axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(keys))], keys, rotation=30)
         axis.set_yscale(scale)
+        axis.set_title(title)
+        axis.legend()
+    mixed_keys = [key for key, result in configs.items() if result.get("mixed")]
+    panels = [(axes[2][0], {"rps": "successful"}, "mixed traffic: successful requests/s (log)"),
+              (axes[2][1], {"fast_p50_ms": "p50", "fast_p99_ms": "p99"},
+               "mixed traffic: latency of the fast requests (ms, log)")]
+    for axis, metrics, title in panels:
+        width = 0.8 / len(metrics)
+        for index, (metric, label) in enumerate(metrics.items()):
+            values = [configs[key]["mixed"][metric] or 0 for key in mixed_keys]
+            axis.bar([i + index * width for i in range(len(mixed_keys))], values, width, label=label)
+        axis.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(mixed_keys))], mixed_keys, rotation=30)
+        axis.set_yscale("log")
         axis.set_title(title)
         axis.legend()
     figure.suptitle(f"flask-stack benchmark, {results['machine']['date']}, {results['machine']['cores']} cores")

@@ -77,7 +77,7 @@ control_socket_disable = True  # supervisord controls gunicorn: no second contro
 # LOG_FORMAT. The access lines are records with fields (the client as the app sees it, the
 # request id nginx gave, the worker's pid), formatted like every other log.
 loglevel = settings.log_level
-logger_class = "deploy.logs.AccessLog"
+logger_class = "deploy.access_log.AccessLog"
 logconfig_dict = logging_config(settings, "gunicorn")
 skip_unused_record_fields()
 

@@ -2,7 +2,7 @@
 `logging.config.dictConfig` (gunicorn's `logconfig_dict`; the job consumer's own call):
 
     log (source)       written by                     files (LOG_DIR/...)      stdout
-    gunicorn.access    gunicorn's workers (AccessLog)  gunicorn/access.log      stdout
+    gunicorn.access    gunicorn's workers (access_log) gunicorn/access.log      stdout
     gunicorn.error     gunicorn                        gunicorn/error.log       stderr
     app                the root logger in the workers  app/app.log              stderr
     jobs               the root logger in the consumer jobs/consumer.log        stderr
@@ -21,7 +21,6 @@ import logging
 import time
 from contextlib import contextmanager
 
-from gunicorn.glogging import Logger as GunicornLogger
 from pythonjsonlogger.json import JsonFormatter
 
 from deploy.settings import Settings
@@ -84,28 +83,6 @@ def job_context(job_id: str, request_id: str | None):
     finally:
         JOB_ID.reset(tokens[0])
         REQUEST_ID.reset(tokens[1])
-
-
-class AccessLog(GunicornLogger):
-    """gunicorn's logger with its access lines as records with fields, formatted by the
-    handlers of `gunicorn.access` (text or JSON) like every other log."""
-
-    def access(self, resp, req, environ, request_time):
-        if not self.access_log_enabled:
-            return
-        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
-        headers = {name: value for name, value in req.headers} if hasattr(req, "headers") else {}
-        duration = request_time.total_seconds()
-        method, path, query = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), environ.get("QUERY_STRING")
-        self.access_log.info("%s %s %s", method, path, status, extra={
-            "method": method, "path": path, "query": query, "status": int(status),
-            "bytes": getattr(resp, "sent", None) or 0, "duration": round(duration, 6),
-            "duration_ms": int(duration * 1000),
-            # The client as the app sees it: nginx's X-Real-IP, the address ProxyFix also derives.
-            "client": headers.get("X-REAL-IP", "-"), "forwarded_for": headers.get("X-FORWARDED-FOR", ""),
-            "request_id": headers.get("X-REQUEST-ID", "-"), "user_agent": headers.get("USER-AGENT", ""),
-            "request_line": f"{method} {environ.get('RAW_URI')} {environ.get('SERVER_PROTOCOL')}",
-        })
 
 
 def skip_unused_record_fields() -> None:

@@ -66,11 +66,16 @@ def test_a_job_runs_and_its_result_is_kept(client, jobs_client, consumer):
     assert record["created_at"] <= record["started_at"] <= record["finished_at"]
 
 
-def test_the_cpu_bound_task_runs_as_a_job(jobs_client, consumer):
-    consumer(JOB_WORKER_TYPE="process")
-    record = jobs_client.wait_for_status(jobs_client.submit("digest", rounds=1000)["id"])
-    assert record["status"] == "done"
-    assert len(record["result"]["digest"]) == 64
+def test_the_cpu_bound_task_runs_as_a_job_in_every_worker_process(jobs_client, consumer):
+    # Forked while the consumer's other thread uses the store: no worker may inherit its lock.
+    process = consumer(JOB_WORKER_TYPE="process", JOB_WORKERS="4")
+    jobs = [jobs_client.submit("digest", rounds=1000)["id"] for _ in range(8)]
+    for job in jobs:
+        record = jobs_client.wait_for_status(job)
+        assert record["status"] == "done"
+        assert len(record["result"]["digest"]) == 64
+    process.terminate()
+    assert process.wait(timeout=10) == 0  # and it stops, its workers too
 
 
 @pytest.mark.parametrize("body, message", [
@@ -399,3 +404,12 @@ def test_a_cancel_racing_a_consumer_start_leaves_a_possible_record_every_time(st
     figures.record(f"cancel racing a consumer's start, {storage_environment}", rounds, 0,
                    f"{outcomes['canceled']} canceled and never run, {outcomes['done']} refused (409) and run once: "
                    "no other record")
+
+
+def test_the_consumer_imports_neither_the_web_server_nor_flask():
+    # Each module a resident process imports is memory it holds for good (issue 12's budget).
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, deploy.jobs.consumer; "
+                               "print(' '.join(m for m in ('gunicorn', 'flask') if m in sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert imported == []

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from deploy.access_log import AccessLog
 from deploy.logs import (
     REQUEST_ID,
-    AccessLog,
     JsonLineFormatter,
     RequestContext,
     TextFormatter,
@@ -48,8 +48,9 @@ def test_a_field_cannot_be_forged_from_the_message():
 
 
 def test_text_lines_use_the_same_time_and_name_their_source_on_a_shared_stream():
-    plain = TextFormatter("%(asctime)s %(levelname)s %(message)s").format(record("hello"))
-    marked = TextFormatter("%(asctime)s %(levelname)s %(message)s", source="app").format(record("hello"))
+    hello = record("hello")
+    plain = TextFormatter("%(asctime)s %(levelname)s %(message)s").format(hello)
+    marked = TextFormatter("%(asctime)s %(levelname)s %(message)s", source="app").format(hello)
     assert ISO_TIME.fullmatch(plain.split()[0])
     assert marked == f"app {plain}"
 

@@ -2,7 +2,7 @@
 
 It imports the modules named by JOB_MODULES, so that every task the web app registers
 exists here too (a module that cannot be imported stops it, naming the module), then runs
-huey's consumer. Beside it, a thread ends the jobs whose consumer was lost (their lease
+huey's consumer. Its scheduler also ends the jobs whose consumer was lost (their lease
 expired: killed, removed, host lost) and deletes the records past JOB_RESULT_TTL.
 SIGTERM is a graceful stop: no new jobs; the running ones get GRACEFUL_TIMEOUT to finish,
 then are interrupted (or queued again, where their task declares retries).
@@ -12,9 +12,10 @@ import importlib
 import logging
 import logging.config
 import sys
-import threading
 import time
 import traceback
+
+from huey.consumer import Consumer, Scheduler
 
 from deploy.jobs.queue import JobQueue
 from deploy.logs import logging_config, skip_unused_record_fields
@@ -33,20 +34,37 @@ def import_task_modules(names: tuple[str, ...]) -> None:
             raise ConfigError(f"JOB_MODULES: cannot import {name!r}: {detail}") from error
 
 
-def keep_records(queue: JobQueue) -> None:
-    """Forever: end the jobs whose lease expired, and now and then delete expired records."""
-    last_cleanup = 0.0
-    while True:
+class RecordKeepingScheduler(Scheduler):
+    """huey's scheduler, which also ends the jobs whose lease expired and now and then deletes
+    expired records. It does so where huey reads its schedule (a process of its own with
+    JOB_WORKER_TYPE=process, else a thread), with huey's connection to the store: the process
+    that huey forks its workers from then has no other thread inside SQLite, whose locks a
+    child must not inherit."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.next_check = self.next_cleanup = 0.0
+
+    def loop(self, now=None):
+        if time.monotonic() >= self.next_check:
+            self.keep_records(self.huey.job_queue)
+        super().loop(now)
+
+    def keep_records(self, queue: JobQueue) -> None:
+        self.next_check = time.monotonic() + max(1.0, queue.lease_seconds / 4)
         try:
             queue.end_expired_leases()
-            if time.monotonic() - last_cleanup > RECORD_CLEANUP_EVERY:
-                last_cleanup = time.monotonic()
+            if time.monotonic() >= self.next_cleanup:
+                self.next_cleanup = time.monotonic() + RECORD_CLEANUP_EVERY
                 deleted = queue.records.delete_expired(queue.records.now())
                 if deleted:
                     log.info("deleted %d job records past JOB_RESULT_TTL", deleted)
         except Exception:  # the store is unreachable for now: the next turn tries again
             log.exception("could not check the job records")
-        time.sleep(max(1.0, queue.lease_seconds / 4))
+
+
+class StackConsumer(Consumer):
+    scheduler_class = RecordKeepingScheduler
 
 
 def main() -> int:
@@ -69,11 +87,11 @@ def main() -> int:
     queue.register_tasks()
     log.info("tasks: %s (from %s)", ", ".join(sorted(queue.registry.specs)) or "none",
              ", ".join(settings.job_modules))
-    threading.Thread(target=keep_records, args=(queue,), name="job-records", daemon=True).start()
     if settings.role == "worker" and settings.metrics_port:  # else the gunicorn master serves them
         from deploy import metrics  # noqa: PLC0415  (prometheus-client only when counting)
         metrics.serve(settings, metrics.JobsCollector(settings))
-    consumer = queue.huey.create_consumer(
+    consumer = StackConsumer(
+        queue.huey,
         workers=settings.job_workers,
         worker_type=settings.job_worker_type,
         graceful_signal="TERM",

@@ -95,7 +95,6 @@ def post_worker_init(worker):
     gc.freeze()
 
 
-
 def when_ready(server):
     """The master serves the metrics (METRICS_PORT): every worker's, nginx's, its own, the jobs'."""
     if settings.metrics_port:

@@ -208,6 +208,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bars(axis, keys: list[str], series: dict[str, list], title: str, scale: str) -> None:
+    """One panel: for each configuration in `keys`, a group of bars, one per series."""
+    width = 0.8 / max(1, len(series))
+    for index, (label, values) in enumerate(series.items()):
+        axis.bar([i + index * width for i in range(len(keys))], values, width, label=label)
+    axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(keys))], keys, rotation=30)
+    axis.set_yscale(scale)
+    axis.set_title(title)
+    axis.legend()
+
+
 def chart(results: dict, path: Path) -> None:
     configs = results["configs"]
     deadline = results["settings"]["slow_deadline_s"]
@@ -220,30 +231,20 @@ def chart(results: dict, path: Path) -> None:
     ]
     for axis, workload, metric, title, scale in panels:
         keys = [key for key, result in configs.items() if result[workload]]
-        series = list(next(iter(configs[key][workload] for key in keys)).keys()) if keys else []
-        width = 0.8 / max(1, len(series))
-        for index, name in enumerate(series):
-            values = [configs[key][workload][name][metric] for key in keys]
-            values = [deadline * 1000 if value is None else value for value in values]
-            prefix = "c" if workload == "fast" else "C = "
-            axis.bar([i + index * width for i in range(len(keys))], values, width, label=f"{prefix}{name}")
-        axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(keys))], keys, rotation=30)
-        axis.set_yscale(scale)
-        axis.set_title(title)
-        axis.legend()
+        names = list(next(iter(configs[key][workload] for key in keys)).keys()) if keys else []
+        prefix = "c" if workload == "fast" else "C = "
+        series = {f"{prefix}{name}": [deadline * 1000 if value is None else value
+                                      for value in (configs[key][workload][name][metric] for key in keys)]
+                  for name in names}
+        bars(axis, keys, series, title, scale)
     mixed_keys = [key for key, result in configs.items() if result.get("mixed")]
     panels = [(axes[2][0], {"rps": "successful"}, "mixed traffic: successful requests/s (log)"),
               (axes[2][1], {"fast_p50_ms": "p50", "fast_p99_ms": "p99"},
                "mixed traffic: latency of the fast requests (ms, log)")]
     for axis, metrics, title in panels:
-        width = 0.8 / len(metrics)
-        for index, (metric, label) in enumerate(metrics.items()):
-            values = [configs[key]["mixed"][metric] or 0 for key in mixed_keys]
-            axis.bar([i + index * width for i in range(len(mixed_keys))], values, width, label=label)
-        axis.set_xticks([i + width * (len(metrics) - 1) / 2 for i in range(len(mixed_keys))], mixed_keys, rotation=30)
-        axis.set_yscale("log")
-        axis.set_title(title)
-        axis.legend()
+        series = {label: [configs[key]["mixed"][metric] or 0 for key in mixed_keys]
+                  for metric, label in metrics.items()}
+        bars(axis, mixed_keys, series, title, "log")
     figure.suptitle(f"flask-stack benchmark, {results['machine']['date']}, {results['machine']['cores']} cores")
     figure.tight_layout()
     figure.savefig(path, dpi=80)

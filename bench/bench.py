@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +66,10 @@ COMPUTE_N = compute_n_for(0.001)
 MIXED = (("fast", f"/compute?n={COMPUTE_N}", 0.80), ("io_50ms", "/job1?seconds=0.05", 0.15),
          ("io_1s", SLOW_PATH, 0.05))
 MIXED_CONNECTIONS = 256
+# The configurations that the ratio targets compare, measured again in alternated rounds.
+ROUNDS_CONFIGS = ("uwsgi", "stack", "container-direct", "stack-json", "stack-bare")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+ROUND_SECONDS = 5
 RECYCLE_MAX_REQUESTS = 2000  # so that workers are replaced several times during the run
 # The stack's own defaults (or the WEB_CONCURRENCY etc. set in this shell): gunicorn direct uses them too.
 # (The image's folders do not matter for these; each run has its own, app_env() below.)
@@ -155,8 +159,9 @@ def app_env(server: Server, **overrides: str) -> dict:
                "STACK_DATA_DIR": server.work / "data"}
     for folder in [*folders.values(), *(server.work / "log" / name for name in ("nginx", "gunicorn", "app", "jobs"))]:
         folder.mkdir(parents=True, exist_ok=True)
+    # Its own metrics port, so that several native stacks can run side by side (alternated_rounds).
     server.env = {**os.environ, "PYTHONPATH": str(ROOT), **{name: str(path) for name, path in folders.items()},
-                  **BENCH_ENV, **overrides}
+                  **BENCH_ENV, "METRICS_PORT": str(free_port()), **overrides}
     return server.env
 
 
@@ -547,6 +552,26 @@ def measure(config: Config, work: Path) -> dict:
     return result
 
 
+def alternated_rounds(work: Path) -> list[dict]:
+    """The fast path of ROUNDS_CONFIGS again, in turns: they run side by side, and each round
+    gives each of them ROUND_SECONDS of wrk, at each number of connections. This machine's
+    speed drifts by up to 30% between one configuration's turn and the next one's; measured
+    in alternation, both sides of a ratio see the same drift, and the targets take the median
+    of the rounds' ratios."""
+    with ExitStack() as stack:
+        servers = {key: stack.enter_context(running(next(c for c in CONFIGS if c.key == key), work))
+                   for key in ROUNDS_CONFIGS}
+        for server in servers.values():
+            wrk(server.address, FAST_CONNECTIONS[0], 1)  # warm-up, not recorded
+        rounds = []
+        for number in range(1, ROUNDS + 1):
+            print(f"  round {number} of {ROUNDS}", flush=True)
+            rounds.append({connections: {key: wrk(server.address, connections, ROUND_SECONDS)
+                                         for key, server in servers.items()}
+                           for connections in FAST_CONNECTIONS})
+    return rounds
+
+
 def container_memory_mb(server: Server) -> int:
     """The container's memory as Docker counts it (its cgroup: each page once)."""
     return megabytes(docker("stats", "--no-stream", "--format", "{{.MemUsage}}", server.container).split("/")[0])
@@ -629,7 +654,8 @@ def main() -> None:
                "settings": {"fast_seconds": FAST_SECONDS, "mixed_seconds": MIXED_SECONDS,
                             "mixed_connections": MIXED_CONNECTIONS, "slow_deadline_s": SLOW_DEADLINE,
                             "image": IMAGE, "web_concurrency": W, "worker_connections": STACK.worker_connections,
-                            "recycle_max_requests": RECYCLE_MAX_REQUESTS, "compute_n": COMPUTE_N}}
+                            "recycle_max_requests": RECYCLE_MAX_REQUESTS, "compute_n": COMPUTE_N,
+                            "round_seconds": ROUND_SECONDS}}
     work = Path(tempfile.mkdtemp(prefix="flask-stack-bench."))
     work.chmod(0o755)
     try:
@@ -637,6 +663,9 @@ def main() -> None:
             if not ONLY or config.key in ONLY.split(","):
                 print(f"{config.key}: {config.label}", flush=True)
                 results["configs"][config.key] = measure(config, work)
+        if not ONLY or "rounds" in ONLY.split(","):
+            print(f"alternated rounds: {', '.join(ROUNDS_CONFIGS)}", flush=True)
+            results["rounds"] = alternated_rounds(work)
         if not ONLY or "container" in ONLY.split(","):
             results["container"] = container_facts(work)
     finally:

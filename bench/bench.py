@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -90,6 +91,7 @@ class Server:
         self.address = ("127.0.0.1", 0)
         self.ready_s = 0.0
         self.env: dict = {}
+        self.log_dir = work / "log"  # the stack's STACK_LOG_DIR (a container's is mounted here)
 
     def spawn(self, name: str, command: list, **kwargs) -> None:
         with open(self.work / f"{name}.log", "ab") as log:
@@ -155,9 +157,9 @@ def render(template: str, work: Path, port: int) -> Path:
 
 def app_env(server: Server, **overrides: str) -> dict:
     """The environment the image gives its processes, with its folders in the run's folder."""
-    folders = {"STACK_LOG_DIR": server.work / "log", "STACK_RUN_DIR": server.work / "run",
+    folders = {"STACK_LOG_DIR": server.log_dir, "STACK_RUN_DIR": server.work / "run",
                "STACK_DATA_DIR": server.work / "data"}
-    for folder in [*folders.values(), *(server.work / "log" / name for name in ("nginx", "gunicorn", "app", "jobs"))]:
+    for folder in [*folders.values(), *(server.log_dir / name for name in ("nginx", "gunicorn", "app", "jobs"))]:
         folder.mkdir(parents=True, exist_ok=True)
     # Its own metrics port, so that several native stacks can run side by side (alternated_rounds).
     server.env = {**os.environ, "PYTHONPATH": str(ROOT), **{name: str(path) for name, path in folders.items()},
@@ -198,16 +200,16 @@ def stack_native(**overrides: str) -> Callable[[Server, int], None]:
     return start
 
 
-def stack_container(direct: bool) -> Callable[[Server, int], None]:
+def stack_container(direct: bool, **overrides: str) -> Callable[[Server, int], None]:
     """The image as users run it: through the published port (Docker's userland proxy on
     loopback), or `direct`ly at its address on the benchmark's bridge network (no proxy)."""
     def start(server: Server, port: int) -> None:
-        logs = server.work / "container-logs"
-        logs.mkdir(exist_ok=True)
+        server.log_dir.mkdir(exist_ok=True)
         passed_on = [f"--env={variable.name}" for variable in VARIABLES if variable.name in os.environ]
         where = [f"--network={bridge_network()}"] if direct else [f"--publish=127.0.0.1:{port}:80"]
-        server.container = docker("run", "-d", *where, f"--volume={logs}:/var/log/app", *passed_on,
-                                  *(f"--env={name}={value}" for name, value in BENCH_ENV.items()), IMAGE)
+        server.container = docker("run", "-d", *where, f"--volume={server.log_dir}:/var/log/app", *passed_on,
+                                  *(f"--env={name}={value}" for name, value in {**BENCH_ENV, **overrides}.items()),
+                                  IMAGE)
         if direct:
             ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", server.container)
             server.address = (ip, 80)
@@ -248,6 +250,7 @@ class Config:
     label: str
     start: Callable[[Server, int], None]
     workloads: tuple[str, ...] = ("fast", "mixed", "slow")
+    with_env: Callable[..., Callable[[Server, int], None]] | None = None  # `start` with variables added
 
 
 W = STACK.web_concurrency
@@ -258,14 +261,14 @@ CONFIGS = [
     Config("gevent", f"gunicorn gevent × {W}, direct", gunicorn_direct(
         "--worker-class=gevent", f"--workers={W}", f"--worker-connections={STACK.worker_connections}")),
     Config("stack", f"this stack, native: nginx → gunicorn gevent × {W}", stack_native(),
-           ("fast", "mixed", "slow", "recycle")),
+           ("fast", "mixed", "slow", "recycle"), stack_native),
     Config("stack-json", "this stack, native, LOG_FORMAT=json (metrics on, the default)",
            stack_native(LOG_FORMAT="json"), ("fast",)),
     Config("stack-bare", "this stack, native, METRICS_PORT=0 (no metrics, text logs)",
            stack_native(METRICS_PORT="0"), ("fast",)),
     Config("container", "this stack in its container (published port)", stack_container(direct=False)),
     Config("container-direct", "this stack in its container (its own address, no proxy)",
-           stack_container(direct=True), ("fast", "slow")),
+           stack_container(direct=True), ("fast", "slow", "recycle"), partial(stack_container, True)),
     Config("nginx", "nginx `return 200` (ceiling)", nginx_return200, ("fast",)),
     Config("uwsgi", "nginx → uwsgi × 16, cheaper 2 (tiangolo image)", uwsgi_nginx),
     Config("floor", "bare asyncio server that sleeps (floor)", asyncio_floor, ("slow",)),
@@ -505,7 +508,7 @@ def recycle_and_reload(config: Config, work: Path) -> dict:
     and a `reload app` in the middle: GET, then POST."""
     results = {}
     for method, path, body in (("GET", FAST_PATH, None), ("POST", "/compute", '{"n": 100}')):
-        recycling = Config(config.key, config.label, stack_native(MAX_REQUESTS=str(RECYCLE_MAX_REQUESTS)))
+        recycling = Config(config.key, config.label, config.with_env(MAX_REQUESTS=str(RECYCLE_MAX_REQUESTS)))
         with running(recycling, work) as server:
             reload = threading.Timer(10, server.reload_app)
             reload.start()
@@ -513,7 +516,7 @@ def recycle_and_reload(config: Config, work: Path) -> dict:
                 results[method] = wrk(server.address, 256, 20, path, post_body=body)
             finally:
                 reload.cancel()
-            log = (Path(server.env["STACK_LOG_DIR"]) / "gunicorn/error.log").read_text()
+            log = (server.log_dir / "gunicorn/error.log").read_text()
             results[method]["workers_replaced"] = log.count("Autorestarting worker after current request")
     return results
 

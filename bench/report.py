@@ -85,9 +85,9 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
                 rows.append((f"{config['label']}, fast path c{connections}: p99 ≤ {bound} ms, 0 errors",
                              f"p99 {ms(run['p99_ms'])}, {run['errors']} errors",
                              run["p99_ms"] <= bound and run["errors"] == 0))
-    if stack and "recycle" in stack:
-        for method, run in stack["recycle"].items():
-            rows.append((f"native stack, {method} c256 while workers are recycled (MAX_REQUESTS="
+    for config in served:
+        for method, run in config.get("recycle", {}).items():
+            rows.append((f"{config['label']}, {method} c256 while workers are recycled (MAX_REQUESTS="
                          f"{results['settings']['recycle_max_requests']}) and reloaded: p99 ≤ 150 ms, 0 errors",
                          f"{run['workers_replaced']} workers replaced, 1 reload; p99 {ms(run['p99_ms'])}, "
                          f"{run['errors']} errors", run["p99_ms"] <= 150 and run["errors"] == 0))
@@ -154,8 +154,8 @@ def mixed_row(result: dict) -> str:
 
 
 def recycle_rows(result: dict) -> list[str]:
-    return [f"| {method} | {run['rps']:,} | {ms(run['p50_ms'])} / {ms(run['p99_ms'])} | {run['errors']:,} "
-            f"| {run['workers_replaced']} |" for method, run in result.get("recycle", {}).items()]
+    return [f"| {result['label']} | {method} | {run['rps']:,} | {ms(run['p50_ms'])} / {ms(run['p99_ms'])} "
+            f"| {run['errors']:,} | {run['workers_replaced']} |" for method, run in result.get("recycle", {}).items()]
 
 
 def markdown(results: dict) -> str:
@@ -206,13 +206,13 @@ def markdown(results: dict) -> str:
           f"{max(run['peak_rss_mb'] for run in peak_runs(result)):.0f} MB |"
           for result in configs),
     ]
-    stack = results["configs"].get("stack", {})
-    if "recycle" in stack:
-        lines += ["", f"**Recycling and reload**: the native stack with `MAX_REQUESTS={s['recycle_max_requests']}` "
+    if any("recycle" in result for result in configs):
+        lines += ["", f"**Recycling and reload**: the stack with `MAX_REQUESTS={s['recycle_max_requests']}` "
                   "(a worker replaced every few seconds) and a `reload app` at 10 s, under `wrk -c256 -d20s`: "
                   "`GET /`, then `POST /compute` with a JSON body.", "",
-                  "| method | req/s | p50 / p99 | errors | workers replaced |", "|---|---:|---:|---:|---:|",
-                  *recycle_rows(stack)]
+                  "| configuration | method | req/s | p50 / p99 | errors | workers replaced |",
+                  "|---|---|---:|---:|---:|---:|",
+                  *(row for result in configs for row in recycle_rows(result))]
     if results.get("rounds"):
         rounds, labels = results["rounds"], {key: result["label"] for key, result in results["configs"].items()}
         lines += ["", f"**Alternated rounds**: the configurations that the ratio targets compare, side by side, "

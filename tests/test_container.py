@@ -1,6 +1,7 @@
 """The image from outside: real containers running nginx, gunicorn and supervisord, real HTTP."""
 
 import ipaddress
+import json
 import os
 import re
 import time
@@ -107,7 +108,8 @@ def listening_tcp_ports(container) -> set[int]:
 
 
 def test_security_defaults(containers):
-    container = containers.start()
+    # Without Docker's health check here: it comes and goes every 2 s (the next test checks its user).
+    container = containers.start("--no-healthcheck")
     # Only nginx (80) and the metrics (9100, published only where the operator chooses) listen
     # on TCP; gunicorn and supervisord's control interface are unix sockets.
     assert listening_tcp_ports(container) == {80, 9100}
@@ -123,6 +125,20 @@ def test_security_defaults(containers):
     for program in ("bin/supervisord", "bin/gunicorn", "nginx: master", "nginx: worker"):
         assert program in command_lines
     assert all(uid == IMAGE_USER_UID for uid, _ in running), running
+
+
+def test_the_health_check_runs_as_the_stack_s_user(containers):
+    """Docker runs HEALTHCHECK's command as root (the image has no USER: the entrypoint needs
+    root to adopt the log volume's owner); the check itself runs as the stack's user."""
+    container = containers.start()
+    healthcheck = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", container.id).stdout)
+    assert healthcheck == ["CMD", "healthcheck"]
+    assert "GET /healthz: 200" in container.exec("healthcheck").stdout  # `docker exec` runs as root too
+    # The python3 it runs, found on PATH, reports who runs it.
+    container.exec("sh", "-c", "mkdir -p /tmp/who && printf '#!/bin/sh\\nid -u\\n' > /tmp/who/python3 "
+                               "&& chmod 755 /tmp/who /tmp/who/python3")
+    ran_as = container.exec("env", "PATH=/tmp/who:/usr/local/bin:/usr/bin:/bin", "healthcheck").stdout.strip()
+    assert ran_as == str(IMAGE_USER_UID)
 
 
 def test_runs_with_the_docker_user_option(containers, log_dir):

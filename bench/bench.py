@@ -275,6 +275,10 @@ CONFIGS = [
 ]
 
 
+def config_named(key: str) -> Config:
+    return next(config for config in CONFIGS if config.key == key)
+
+
 @contextmanager
 def running(config: Config, base: Path):
     """The configuration started (in a fresh folder) and answering; stopped on the way out, whatever happens."""
@@ -562,7 +566,7 @@ def alternated_rounds(work: Path) -> list[dict]:
     in alternation, both sides of a ratio see the same drift, and the targets take the median
     of the rounds' ratios."""
     with ExitStack() as stack:
-        servers = {key: stack.enter_context(running(next(c for c in CONFIGS if c.key == key), work))
+        servers = {key: stack.enter_context(running(config_named(key), work))
                    for key in ROUNDS_CONFIGS}
         for server in servers.values():
             wrk(server.address, FAST_CONNECTIONS[0], 1)  # warm-up, not recorded
@@ -601,7 +605,7 @@ def container_facts(work: Path) -> dict:
              "base_mb": round(int(docker("image", "inspect", "-f", "{{.Size}}", "debian:bookworm-slim")) / 1e6),
              "layers": [size for size in docker("history", "--format", "{{.Size}}", IMAGE).split() if "MB" in size]}
     started = time.monotonic()
-    with running(next(c for c in CONFIGS if c.key == "container"), work) as server:
+    with running(config_named("container"), work) as server:
         facts["ready_s"] = round(time.monotonic() - started, 2)
         while docker("inspect", "-f", "{{.State.Health.Status}}", server.container) != "healthy":
             if time.monotonic() - started > 60:

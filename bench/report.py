@@ -71,12 +71,13 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
     configs, rows = results["configs"], []
     get = configs.get
     stack, uwsgi, floor = get("stack"), get("uwsgi"), get("floor")
-    served = [get(key) for key in ("stack", "container-direct", "container") if get(key)]
+    served_keys = [key for key in ("stack", "container-direct", "container") if get(key)]
+    served = [configs[key] for key in served_keys]
     if uwsgi:
-        for key in ("stack", "container-direct", "container"):
-            if get(key) and get(key)["fast"]:
+        for key in served_keys:
+            if configs[key]["fast"]:
                 ratio, errors, measured = ratios(results, "64", key, "uwsgi")
-                rows.append((f"{get(key)['label']}, fast path c64: ≥ 0.6 × uwsgi's req/s, 0 errors",
+                rows.append((f"{configs[key]['label']}, fast path c64: ≥ 0.6 × uwsgi's req/s, 0 errors",
                              f"{measured(lambda r: f'{r:.2f} ×')}; {errors} errors", ratio >= 0.6 and errors == 0))
     for config in served:
         for connections, bound in (("64", 50), ("256", 150)):

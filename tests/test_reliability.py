@@ -200,6 +200,11 @@ def replaced(stack, victim: str, pid: int, workers: int) -> bool:
     return pid_of(stack, victim) not in (0, pid)
 
 
+def leftovers_killed(victim: str, pid: int) -> str:
+    """supervisord's line when it killed the orphans of a master that died (deploy/supervisor_container.py)."""
+    return f"killed what was left of {victim}'s process group {pid}"
+
+
 def kill_evidence(stack, stack_logs: Path, victim: str, pid: int) -> str:
     """What the logs say about the kill: asserted, then named in the figures table."""
     if victim == "gunicorn worker":
@@ -209,7 +214,7 @@ def kill_evidence(stack, stack_logs: Path, victim: str, pid: int) -> str:
         lines = [f"exited: {victim} (terminated by SIGKILL",
                  f"spawned: '{victim}' with pid {pid_of(stack, victim)}"]
         if victim != "jobs":  # a master: its orphaned workers were killed too
-            lines.append(f"killed what was left of {victim}'s process group {pid}")
+            lines.append(leftovers_killed(victim, pid))
     text = (stack_logs / log).read_text()
     missing = [line for line in lines if line not in text]
     assert not missing, f"{log} does not say {missing}:\n{text[-2000:]}"
@@ -221,7 +226,7 @@ def leftovers_killed_at(stack_logs: Path, victim: str, pid: int) -> float | None
     process's time.monotonic() clock (its log's time is UTC, to the millisecond); None if it
     found nothing left."""
     line = next((line for line in (stack_logs / "supervisord.log").read_text().splitlines()
-                 if f"killed what was left of {victim}'s process group {pid}" in line), None)
+                 if leftovers_killed(victim, pid) in line), None)
     if line is None:
         return None
     logged = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()

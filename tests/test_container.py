@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.containers import docker, wait_for_line
+from tests.containers import docker, wait_for_line, wait_until
 
 IMAGE_USER_UID = 10001
 
@@ -133,7 +133,7 @@ def test_the_health_check_runs_as_the_stack_s_user(containers):
     container = containers.start()
     healthcheck = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", container.id).stdout)
     assert healthcheck == ["CMD", "healthcheck"]
-    assert "GET /healthz: 200" in container.exec("healthcheck").stdout  # `docker exec` runs as root too
+    assert "GET /healthz: HTTP/1.1 200 OK" in container.exec("healthcheck").stdout  # `docker exec` runs as root too
     # The python3 it runs, found on PATH, reports who runs it.
     container.exec("sh", "-c", "mkdir -p /tmp/who && printf '#!/bin/sh\\nid -u\\n' > /tmp/who/python3 "
                                "&& chmod 755 /tmp/who /tmp/who/python3")
@@ -192,3 +192,21 @@ def test_docker_marks_the_container_healthy(containers):
     worker = containers.start(env={"ROLE": "worker"}, wait=False)
     web.wait_until_healthy()
     worker.wait_until_healthy()
+
+
+def test_the_health_check_fails_with_its_reason(containers):
+    """What Docker's health log shows: the answer of a web container whose app is down, the
+    error when nginx is down too, the consumer's state in a worker-only container."""
+    web = containers.start("--no-healthcheck")
+    worker = containers.start("--no-healthcheck", env={"ROLE": "worker"}, wait=False)
+    web.exec("supervisorctl", "stop", "gunicorn")
+    check = web.exec("healthcheck", check=False)
+    assert (check.returncode, check.stdout.strip()) == (1, "GET /healthz: HTTP/1.1 502 Bad Gateway")
+    web.exec("supervisorctl", "stop", "nginx")
+    check = web.exec("healthcheck", check=False)
+    assert (check.returncode, check.stdout.strip()) == (1, "unhealthy: GET /healthz: [Errno 111] Connection refused")
+
+    wait_until(lambda: worker.exec("healthcheck", check=False).returncode == 0, 30, "the worker's check passing")
+    worker.exec("supervisorctl", "stop", "jobs")
+    check = worker.exec("healthcheck", check=False)
+    assert check.returncode == 1 and re.match(r"jobs +STOPPED", check.stdout), check.stdout

@@ -6,6 +6,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def machine() -> dict:
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"), "cpu": cpu,
             "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9),
-            "kernel": platform.release(), "python": platform.python_version(), "nginx": nginx.split("/")[-1]}
+            "kernel": platform.release(), "nginx": nginx.split("/")[-1],
+            "python": f"{platform.python_version()} ({sysconfig.get_config_var('BINDIR')})"}
 
 
 def ms(value: float | None) -> str:

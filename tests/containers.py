@@ -174,9 +174,9 @@ class ContainerFactory:
         self.started: list[Container] = []
 
     def start(self, *options: str, env: dict | None = None, logs: Path | None = None,
-              wait: bool = True, image: str | None = None) -> Container:
-        """`docker run -d` with port 80 published on a free loopback port."""
-        args = ["run", "-d", "-p", "127.0.0.1::80", *options]
+              wait: bool = True, image: str | None = None, publish: bool = True) -> Container:
+        """`docker run -d` with port 80 published on a free loopback port (unless not `publish`)."""
+        args = ["run", "-d", *(["-p", "127.0.0.1::80"] if publish else []), *options]
         for name, value in (env or {}).items():
             args += ["-e", f"{name}={value}"]
         if logs is not None:

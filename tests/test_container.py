@@ -195,18 +195,22 @@ def test_docker_marks_the_container_healthy(containers):
 
 
 def test_the_health_check_fails_with_its_reason(containers):
-    """What Docker's health log shows: the answer of a web container whose app is down, the
-    error when nginx is down too, the consumer's state in a worker-only container."""
+    """What Docker's health log shows: the consumer's state in a worker-only container (which
+    shares a web container's network here, so nginx answers on its port 80 too: the role
+    decides), the answer of a web container whose app is down, the error when nginx is down."""
     web = containers.start("--no-healthcheck")
-    worker = containers.start("--no-healthcheck", env={"ROLE": "worker"}, wait=False)
+    worker = containers.start("--no-healthcheck", f"--network=container:{web.id}", publish=False, wait=False,
+                              env={"ROLE": "worker", "METRICS_PORT": "0"})
+    wait_until(lambda: worker.exec("healthcheck", check=False).returncode == 0, 30, "the worker's check passing")
+    worker.exec("supervisorctl", "stop", "jobs")
+    check = worker.exec("healthcheck", check=False)
+    assert check.returncode == 1 and re.match(r"jobs +STOPPED", check.stdout), check.stdout
+    web_check = "from deploy.healthcheck import web_check; print(web_check())"
+    assert worker.exec("python3", "-c", web_check).stdout.strip() == "(True, 'GET /healthz: HTTP/1.1 200 OK')"
+
     web.exec("supervisorctl", "stop", "gunicorn")
     check = web.exec("healthcheck", check=False)
     assert (check.returncode, check.stdout.strip()) == (1, "GET /healthz: HTTP/1.1 502 Bad Gateway")
     web.exec("supervisorctl", "stop", "nginx")
     check = web.exec("healthcheck", check=False)
     assert (check.returncode, check.stdout.strip()) == (1, "unhealthy: GET /healthz: [Errno 111] Connection refused")
-
-    wait_until(lambda: worker.exec("healthcheck", check=False).returncode == 0, 30, "the worker's check passing")
-    worker.exec("supervisorctl", "stop", "jobs")
-    check = worker.exec("healthcheck", check=False)
-    assert check.returncode == 1 and re.match(r"jobs +STOPPED", check.stdout), check.stdout

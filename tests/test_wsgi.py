@@ -1,11 +1,13 @@
 """The stack around any app (deploy/wsgi.py): the client's address, scheme and host from one
-trusted hop, and /healthz and /readyz, for the example and for apps that know nothing of them."""
+trusted hop, /healthz and /readyz, and each answer counted in the metrics, for the example and
+for apps that know nothing of them."""
 
 import logging
 from pathlib import Path
 
 import pytest
 from flask import Flask, current_app, redirect, request, url_for
+from prometheus_client import REGISTRY
 from werkzeug.test import Client
 
 from deploy import jobs
@@ -133,3 +135,47 @@ def test_a_draining_container_is_not_ready_but_live(bare_app):
     (Path(Settings.from_env().stack_run_dir) / "draining").touch()
     assert client.get("/readyz").json["failures"]["draining"].startswith("the container is stopping")
     assert client.get("/healthz").status_code == 200
+
+
+# --- The app's requests in the metrics (METRICS_PORT; the container's Prometheus test reads them too) ---
+
+def answered(**labels) -> float:
+    """Requests counted so far with these labels, in this process (the counters outlive a test)."""
+    return REGISTRY.get_sample_value("flask_stack_http_requests_total", labels) or 0.0
+
+
+def timed(**labels) -> float:
+    return REGISTRY.get_sample_value("flask_stack_http_request_duration_seconds_count", labels) or 0.0
+
+
+def test_a_flask_app_s_requests_are_counted_by_method_rule_and_status(bare_app):
+    @bare_app.get("/items/<int:number>")
+    def item(number):
+        return {"number": number} if number else ({"error": "no item 0"}, 404)
+
+    client = served(bare_app)
+    where = {"method": "GET", "route": "/items/<int:number>"}
+    before = answered(**where, status="200"), answered(**where, status="404"), timed(**where)
+    nowhere = {"route": "(no route)", "status": "404"}
+    before_nowhere = answered(method="GET", **nowhere), answered(method="OTHER", **nowhere)
+    for number in (1, 2, 0):
+        client.get(f"/items/{number}")
+    client.get("/no-such-page")
+    client.open("/no-such-page", method="BREW")  # not a known method: one label, OTHER, for all of them
+    assert (answered(**where, status="200"), answered(**where, status="404"), timed(**where)) == \
+        (before[0] + 2, before[1] + 1, before[2] + 3)
+    assert (answered(method="GET", **nowhere), answered(method="OTHER", **nowhere)) == \
+        (before_nowhere[0] + 1, before_nowhere[1] + 1)
+
+
+def test_an_app_that_is_not_flask_is_counted_under_one_route():
+    def plain_app(environ, start_response):
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"made"]
+
+    client = served(plain_app)
+    labels = {"method": "POST", "route": "(any)", "status": "201"}
+    before = answered(**labels)
+    for path in ("/a", "/b/c"):
+        assert client.post(path).status_code == 201
+    assert answered(**labels) == before + 2

@@ -92,7 +92,7 @@ WORKDIR /srv
 EXPOSE 80
 # Liveness through nginx (GET /healthz), so it proves the whole chain; a worker-only
 # container asks supervisord. Every 2 s, so that a fresh container is healthy about 2 s
-# after `docker run` (Docker 20.10 has no --start-interval); a check costs about 0.08 s of
+# after `docker run` (Docker 20.10 has no --start-interval); a check costs about 0.04 s of
 # CPU (deploy/healthcheck.py). deploy/healthcheck runs the check as the stack's user: Docker
 # would run it as root.
 HEALTHCHECK --interval=2s --timeout=2s --start-period=30s --retries=3 \

@@ -2,8 +2,8 @@
 
 Run by the entrypoint before anything starts:
 
-    python -m deploy.configure               validate; write nginx's settings; print the shell
-                                             lines for the entrypoint to `eval`
+    python -m deploy.configure               validate; write nginx's settings and the role; print
+                                             the shell lines for the entrypoint to `eval`
     python -m deploy.configure environment   validate; print the shell lines only (run-as-stack)
 
 Exit status 2 and one line per bad variable on stderr when the configuration is unusable.
@@ -14,7 +14,8 @@ NAME=true|false for supervisord.conf's %(ENV_NAME)s, and the secrets given as fi
 nginx reads no environment variables: this writes $STACK_RUN_DIR/nginx/, where nginx runs
 (`nginx -p $STACK_RUN_DIR/nginx/ -c $STACK_RUN_DIR/nginx/nginx.conf`): nginx.conf includes
 the image's /srv/nginx.conf, whose relative includes (main.conf, http.conf, server.conf)
-are the files written here.
+are the files written here. $STACK_RUN_DIR/role holds ROLE for the health check
+(deploy/healthcheck.py), which would spend most of its CPU importing the settings.
 """
 
 import os
@@ -154,6 +155,10 @@ def write_nginx_settings(settings: Settings) -> None:
         (directory / name).write_text(text)
 
 
+def write_role(settings: Settings) -> None:
+    (Path(settings.stack_run_dir) / "role").write_text(f"{settings.role}\n")
+
+
 def metrics_folder(settings: Settings) -> str:
     """prometheus-client's multiprocess folder; empty (single-process mode) without metrics."""
     return f"{settings.stack_run_dir}/metrics" if settings.metrics_port else ""
@@ -228,6 +233,7 @@ def main(argv: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         write_nginx_settings(settings)
+        write_role(settings)
         print(f"export SUPERVISOR_PASSWORD={make_control_password(settings)}")
         if not settings.allowed_hosts and settings.role != "worker":
             print("warning: ALLOWED_HOSTS is not set: requests for any Host reach the app, which then builds "

@@ -10,5 +10,6 @@ become_stack_user() {
         echo "$(basename "$1"): the stack is not running in this container (no $socket)" >&2
         exit 1
     fi
-    exec setpriv --reuid="$(stat -c %u "$socket")" --regid="$(stat -c %g "$socket")" --clear-groups -- "$@"
+    owner=$(stat -c '%u %g' "$socket")
+    exec setpriv --reuid="${owner% *}" --regid="${owner#* }" --clear-groups -- "$@"
 }

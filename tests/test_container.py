@@ -214,3 +214,7 @@ def test_the_health_check_fails_with_its_reason(containers):
     web.exec("supervisorctl", "stop", "nginx")
     check = web.exec("healthcheck", check=False)
     assert (check.returncode, check.stdout.strip()) == (1, "unhealthy: GET /healthz: [Errno 111] Connection refused")
+    web.exec("rm", "/run/flask-stack/role")  # deploy/configure.py writes it at the start
+    check = web.exec("healthcheck", check=False)
+    assert (check.returncode, check.stdout.strip()) == \
+        (1, "unhealthy: the stack has not started: [Errno 2] No such file or directory: '/run/flask-stack/role'")

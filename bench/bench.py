@@ -310,7 +310,10 @@ def wait_until_ready(server: Server, deadline: float = 60) -> None:
         except OSError:
             time.sleep(0.05)
     logs = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in server.work.glob("*.log"))
-    raise RuntimeError(f"not answering at {server.address} within {deadline} s:\n{logs}")
+    ended = [f"{Path(process.args[0]).name} exited with status {process.returncode}"
+             for process in server.processes if process.poll() is not None]
+    why = "; ".join(ended) or f"not answering within {deadline} s"
+    raise RuntimeError(f"{why} (at {server.address}):\n{logs}")
 
 
 # --- Measurements ----------------------------------------------------------------------

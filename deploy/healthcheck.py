@@ -2,14 +2,12 @@
 A worker-only container (ROLE=worker): supervisorctl reports the job consumer RUNNING.
 Exit 0 when healthy, else 1 with the reason.
 
-Docker runs it every 2 s, beside the traffic, so it stays light: Python without its site
-packages, run as a script (deploy/healthcheck), the standard library's socket, and one line
-of HTTP/1.0: about 0.04 s of CPU with the wrapper, where importing the settings alone took
-as much. The
-role comes first, so that a worker that shares a web container's network (`--network
-container:...`, a Kubernetes pod) does not pass on that one's nginx; deploy/configure.py
-wrote it at the start, already validated, to $STACK_RUN_DIR/role: importing the settings
-would cost more than the rest of the check.
+Docker runs it every 2 s, beside the traffic, so it stays light: about 0.04 s of CPU with
+its wrapper (deploy/healthcheck), which runs it as a script without site packages; it uses
+the standard library's socket for one line of HTTP/1.0. The role comes first, so that a
+worker that shares a web container's network (`--network container:...`, a Kubernetes pod)
+does not pass on that one's nginx. deploy/configure.py wrote it, validated, to
+$STACK_RUN_DIR/role at the start: importing the settings here took as much CPU as all the rest.
 """
 
 import os

@@ -406,7 +406,10 @@ def test_an_update_that_never_becomes_healthy_is_rolled_back(stack):
                       f"rolled back automatically ({status['Message']}), tasks on the previous image; "
                       f"versions seen: {', '.join(f'{v} {n}' for v, n in result.versions().items())}", took)
         assert not result.failures, f"{result.summary()}; failed: {result.failures[:5]}"
-        assert stack.running_images("web") == before
+        # Swarm reports the rollback completed while a task it re-created on the previous image
+        # may still be starting (not yet healthy): it must get there.
+        wait_until(lambda: stack.running_images("web") == before, 30, "web's tasks running the previous image",
+                   interval=0.5)
         # Swarm puts a task in the service's DNS only once it is healthy: the bad one got nothing.
         assert NEVER_HEALTHY not in result.versions()
 

@@ -25,6 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from deploy.healthcheck import ROLE_FILE
 from deploy.settings import ConfigError, Settings, secret_values, usable_cpus
 
 STACK_NGINX_CONF = Path(__file__).resolve().parent.parent / "nginx.conf"
@@ -156,7 +157,7 @@ def write_nginx_settings(settings: Settings) -> None:
 
 
 def write_role(settings: Settings) -> None:
-    (Path(settings.stack_run_dir) / "role").write_text(f"{settings.role}\n")
+    (Path(settings.stack_run_dir) / ROLE_FILE).write_text(f"{settings.role}\n")
 
 
 def metrics_folder(settings: Settings) -> str:

@@ -15,6 +15,7 @@ import socket
 import sys
 
 HEALTH_REQUEST = b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+ROLE_FILE = "role"  # in $STACK_RUN_DIR, written by deploy/configure.py
 
 
 def web_check() -> tuple[bool, str]:
@@ -40,7 +41,7 @@ def consumer_is_running() -> bool:
 
 
 def main() -> int:
-    role_file = os.path.join(os.environ.get("STACK_RUN_DIR", ""), "role")
+    role_file = os.path.join(os.environ.get("STACK_RUN_DIR", ""), ROLE_FILE)
     try:
         with open(role_file) as file:
             role = file.read().strip()

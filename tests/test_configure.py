@@ -96,12 +96,12 @@ def test_role_selects_the_programs_supervisord_starts():
         assert result.stdout.startswith(f"export {switches} DRAIN_AUTOSTART={drain} "), result.stdout
 
 
-
 def test_the_role_is_written_for_the_health_check():
     for role in ("all", "web", "worker"):
         result = configure(ROLE=role)
         assert result.returncode == 0, result.stderr
         assert (Path(os.environ["STACK_RUN_DIR"]) / "role").read_text() == f"{role}\n"
+
 
 @pytest.mark.parametrize("target, files, streams", [("files", True, False), ("stdout", False, True),
                                                      ("both", True, True)])

@@ -107,10 +107,12 @@ def redis_network(image):
         yield network
     finally:
         docker("rm", "-f", redis, check=False)
-        docker("network", "rm", network, check=False)
+        # Fails while a container is still on it: the test asks for this fixture before
+        # `containers`, so that pytest removes its containers first.
+        docker("network", "rm", network)
 
 
-def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis_network, tmp_path):
+def test_two_web_containers_and_a_worker_share_one_redis_queue(redis_network, containers, tmp_path):
     shared = {"REDIS_URL": "redis://redis:6379/0"}
     options = ("--network", redis_network)
     web1 = containers.start(*options, env={**shared, "ROLE": "web"})

@@ -133,12 +133,19 @@ def test_the_health_check_runs_as_the_stack_s_user(containers):
     container = containers.start()
     healthcheck = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", container.id).stdout)
     assert healthcheck == ["CMD", "healthcheck"]
-    assert "GET /healthz: HTTP/1.1 200 OK" in container.exec("healthcheck").stdout  # `docker exec` runs as root too
-    # The python3 it runs, found on PATH, reports who runs it.
-    container.exec("sh", "-c", "mkdir -p /tmp/who && printf '#!/bin/sh\\nid -u\\n' > /tmp/who/python3 "
-                               "&& chmod 755 /tmp/who /tmp/who/python3")
-    ran_as = container.exec("env", "PATH=/tmp/who:/usr/local/bin:/usr/bin:/bin", "healthcheck").stdout.strip()
-    assert ran_as == str(IMAGE_USER_UID)
+    assert container.exec("healthcheck").stdout == "GET /healthz: HTTP/1.1 200 OK\n"  # `docker exec` runs as root too
+    # A file that only root may read is out of its reach; one that only the stack's user may read is not.
+    container.exec("sh", "-c", "chown root:root /run/flask-stack/role && chmod 600 /run/flask-stack/role")
+    check = container.exec("healthcheck", check=False)
+    assert (check.returncode, check.stdout.strip()) == \
+        (1, "unhealthy: the stack has not started: [Errno 13] Permission denied: '/run/flask-stack/role'")
+    container.exec("chown", f"{IMAGE_USER_UID}:{IMAGE_USER_UID}", "/run/flask-stack/role")
+    assert container.exec("healthcheck").stdout == "GET /healthz: HTTP/1.1 200 OK\n"
+    # Without supervisord's control socket, whose owner it becomes, it does not run at all.
+    container.exec("mv", "/run/flask-stack/supervisor.sock", "/run/flask-stack/moved.sock")
+    check = container.exec("healthcheck", check=False)
+    assert (check.returncode, check.stdout.strip()) == \
+        (1, "unhealthy: the stack is not running in this container (no /run/flask-stack/supervisor.sock)")
 
 
 def test_runs_with_the_docker_user_option(containers, log_dir):

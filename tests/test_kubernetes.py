@@ -296,7 +296,7 @@ def test_web_probes_ask_the_stack_s_health_through_nginx():
 def test_worker_probe_is_the_image_s_own_health_check_and_it_has_no_readiness():
     spec = container(find("Deployment", "worker"))
     healthcheck = json.loads(re.search(r"^HEALTHCHECK .*\n\s*CMD (\[.*\])$", DOCKERFILE, re.M)[1])
-    assert healthcheck == ["healthcheck"]  # deploy/healthcheck: deploy/healthcheck.py as the stack's user
+    assert healthcheck == ["healthcheck"]  # deploy/healthcheck.py, which becomes the stack's user
     assert importlib.util.find_spec("deploy.healthcheck")
     assert spec["livenessProbe"]["exec"] == {"command": healthcheck}
     assert spec["startupProbe"]["exec"] == {"command": healthcheck}

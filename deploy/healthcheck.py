@@ -3,9 +3,11 @@
 through nginx answers 200. A worker-only container (ROLE=worker): supervisorctl reports the
 job consumer RUNNING. Exit 0 when healthy, else 1 with the reason.
 
-Docker runs it as root (the image has no USER: the entrypoint needs root), so it first
-becomes the stack's user, the owner of supervisord's control socket, as deploy/stack-user.sh
-does for the shell commands.
+Docker runs it as root (the image has no USER: the entrypoint needs root), unless the
+container runs with `--user` or as a Kubernetes pod's runAsUser. As root it first becomes
+the stack's user, the owner of supervisord's control socket, as deploy/stack-user.sh does for
+the shell commands. It never stays root: a control socket that is a symbolic link, not a
+socket, or root's own makes the check fail.
 
 Docker runs it every 2 s, beside the traffic, so it stays light: about 0.015 s of CPU.
 - Python runs it isolated and without site packages (`-IS`), and no shell comes first: the
@@ -20,15 +22,18 @@ Docker runs it every 2 s, beside the traffic, so it stays light: about 0.015 s o
 
 import _socket
 import os
+import stat
 import sys
+import time
 
 HEALTH_REQUEST = b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
 ROLE_FILE = "role"  # in $STACK_RUN_DIR, written by deploy/configure.py
 CONTROL_SOCKET = "supervisor.sock"  # in $STACK_RUN_DIR: its owner is the stack's user
+TIME_LIMIT = 1.5  # seconds for the whole answer: below Docker's --timeout (2 s), so the reason is logged
 
 
 class Unhealthy(Exception):
-    """The check cannot run: the stack has not started."""
+    """The check cannot run as the stack's user."""
 
 
 def become_stack_user(run_dir: str) -> None:
@@ -37,23 +42,30 @@ def become_stack_user(run_dir: str) -> None:
         return
     control_socket = os.path.join(run_dir, CONTROL_SOCKET)
     try:
-        owner = os.stat(control_socket)
+        owner = os.stat(control_socket, follow_symlinks=False)
     except OSError:
         raise Unhealthy(f"the stack is not running in this container (no {control_socket})") from None
-    os.setgroups([])
-    os.setgid(owner.st_gid)
-    os.setuid(owner.st_uid)
+    if not stat.S_ISSOCK(owner.st_mode) or owner.st_uid == 0:
+        raise Unhealthy(f"{control_socket} is not a socket of the stack's user: not checking as root")
+    try:
+        os.setgroups([])
+        os.setgid(owner.st_gid)
+        os.setuid(owner.st_uid)
+    except OSError as error:
+        raise Unhealthy(f"cannot become the stack's user (uid {owner.st_uid}): {error}") from None
 
 
 def web_check() -> tuple[bool, str]:
     """Whether nginx answers 200 to GET /healthz, and its status line or the error."""
+    deadline = time.monotonic() + TIME_LIMIT
     connection = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     answer = b""
     try:
-        connection.settimeout(2)
+        connection.settimeout(TIME_LIMIT)
         connection.connect(("127.0.0.1", 80))
         connection.sendall(HEALTH_REQUEST)
-        while b"\r\n" not in answer and len(answer) < 200:
+        while b"\n" not in answer and len(answer) < 200:
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
             received = connection.recv(200)
             if not received:
                 break
@@ -62,14 +74,18 @@ def web_check() -> tuple[bool, str]:
         return False, f"unhealthy: GET /healthz: {error}"
     finally:
         connection.close()
-    status_line = answer.split(b"\r\n", 1)[0][:200].decode("latin-1").strip()
+    status_line = answer.split(b"\n", 1)[0][:200].decode("latin-1").strip()
     return status_line.split(" ")[1:2] == ["200"], f"GET /healthz: {status_line or 'no answer'}"
 
 
 def consumer_is_running() -> bool:
     import subprocess  # noqa: PLC0415  (a worker-only container's check only)
-    status = subprocess.run(["supervisorctl", "status", "jobs"],
-                            capture_output=True, text=True, timeout=5)
+    try:
+        status = subprocess.run(["supervisorctl", "status", "jobs"],
+                                capture_output=True, text=True, timeout=TIME_LIMIT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        print(f"unhealthy: supervisorctl status jobs: {error}")
+        return False
     print(status.stdout.strip())
     return status.returncode == 0  # supervisorctl: 0 only when RUNNING
 

@@ -134,15 +134,22 @@ def test_the_health_check_runs_as_the_stack_s_user(containers):
     healthcheck = json.loads(docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", container.id).stdout)
     assert healthcheck == ["CMD", "healthcheck"]
     assert container.exec("healthcheck").stdout == "GET /healthz: HTTP/1.1 200 OK\n"  # `docker exec` runs as root too
-    # A file that only root may read is out of its reach; one that only the stack's user may read is not.
-    container.exec("sh", "-c", "chown root:root /run/flask-stack/role && chmod 600 /run/flask-stack/role")
+    # What it may read tells who it is: the stack's user and group, and neither of root's.
+    group = container.exec("stat", "-c", "%g", "/run/flask-stack/supervisor.sock").stdout.strip()
+    denied = "unhealthy: the stack has not started: [Errno 13] Permission denied: '/run/flask-stack/role'"
+    for owner, mode, answer in (("root:root", "600", denied), (f"{IMAGE_USER_UID}:root", "600", None),
+                                ("root:root", "060", denied), (f"root:{group}", "060", None)):
+        container.exec("sh", "-c", f"chown {owner} /run/flask-stack/role && chmod {mode} /run/flask-stack/role")
+        check = container.exec("healthcheck", check=False)
+        expected = (1, answer) if answer else (0, "GET /healthz: HTTP/1.1 200 OK")
+        assert (check.returncode, check.stdout.strip()) == expected, (owner, mode)
+    # It becomes the control socket's owner, never root: not through a link in its place either.
+    container.exec("sh", "-c", "mv /run/flask-stack/supervisor.sock /run/flask-stack/moved.sock "
+                               "&& ln -s /etc/shadow /run/flask-stack/supervisor.sock")
     check = container.exec("healthcheck", check=False)
-    assert (check.returncode, check.stdout.strip()) == \
-        (1, "unhealthy: the stack has not started: [Errno 13] Permission denied: '/run/flask-stack/role'")
-    container.exec("chown", f"{IMAGE_USER_UID}:{IMAGE_USER_UID}", "/run/flask-stack/role")
-    assert container.exec("healthcheck").stdout == "GET /healthz: HTTP/1.1 200 OK\n"
-    # Without supervisord's control socket, whose owner it becomes, it does not run at all.
-    container.exec("mv", "/run/flask-stack/supervisor.sock", "/run/flask-stack/moved.sock")
+    assert (check.returncode, check.stdout.strip()) == (1, "unhealthy: /run/flask-stack/supervisor.sock is not "
+                                                           "a socket of the stack's user: not checking as root")
+    container.exec("rm", "/run/flask-stack/supervisor.sock")
     check = container.exec("healthcheck", check=False)
     assert (check.returncode, check.stdout.strip()) == \
         (1, "unhealthy: the stack is not running in this container (no /run/flask-stack/supervisor.sock)")

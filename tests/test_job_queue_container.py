@@ -102,17 +102,21 @@ def redis_network(image):
     assert build.returncode == 0, build.stderr
     network = f"flask-stack-test-{uuid.uuid4().hex[:8]}"
     docker("network", "create", network)
-    redis = docker("run", "-d", "--network", network, "--network-alias", "redis", REDIS_IMAGE).stdout.strip()
     try:
+        docker("run", "-d", "--name", f"{network}-redis", "--network", network, "--network-alias", "redis",
+               REDIS_IMAGE)
         yield network
     finally:
-        docker("rm", "-f", redis, check=False)
-        # Fails while a container is still on it: the test asks for this fixture before
-        # `containers`, so that pytest removes its containers first.
+        docker("rm", "-f", f"{network}-redis", check=False)
+        # The test's containers may still be on it (the `containers` fixture removes them, with
+        # their logs if the test failed): take them off first, or the network stays behind.
+        on_it = docker("network", "inspect", "-f", "{{range $id, $_ := .Containers}}{{$id}} {{end}}", network)
+        for container in on_it.stdout.split():
+            docker("network", "disconnect", "-f", network, container)
         docker("network", "rm", network)
 
 
-def test_two_web_containers_and_a_worker_share_one_redis_queue(redis_network, containers, tmp_path):
+def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis_network, tmp_path):
     shared = {"REDIS_URL": "redis://redis:6379/0"}
     options = ("--network", redis_network)
     web1 = containers.start(*options, env={**shared, "ROLE": "web"})

@@ -87,7 +87,7 @@ def consumer_is_running() -> bool:
         print(f"unhealthy: supervisorctl status jobs: {error}")
         return False
     print(status.stdout.strip())
-    return status.returncode == 0  # supervisorctl: 0 only when RUNNING
+    return status.returncode == 0  # supervisorctl: 0 when RUNNING, STARTING or BACKOFF (its "running" states)
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
 #!/usr/bin/python3 -IS
 """Docker's HEALTHCHECK (the image's `healthcheck` command). A web container: GET /healthz
 through nginx answers 200. A worker-only container (ROLE=worker): supervisorctl reports the
-job consumer RUNNING. Exit 0 when healthy, else 1 with the reason.
+job consumer RUNNING, that is up for 3 s and not starting again after a crash. Exit 0 when
+healthy, else 1 with the reason.
 
 Docker runs it as root (the image has no USER: the entrypoint needs root), unless the
 container runs with `--user` or as a Kubernetes pod's runAsUser. As root it first becomes
@@ -87,7 +88,10 @@ def consumer_is_running() -> bool:
         print(f"unhealthy: supervisorctl status jobs: {error}")
         return False
     print(status.stdout.strip())
-    return status.returncode == 0  # supervisorctl: 0 when RUNNING, STARTING or BACKOFF (its "running" states)
+    # "jobs  RUNNING  pid 21, uptime 0:00:05". Only RUNNING, which supervisord gives a consumer
+    # that has stayed up for its startsecs (3 s): supervisorctl's exit status is 0 for STARTING
+    # and BACKOFF too, the states of a consumer that keeps crashing.
+    return status.stdout.split()[1:2] == ["RUNNING"]
 
 
 def main() -> int:

@@ -216,6 +216,13 @@ def test_the_health_check_fails_with_its_reason(containers):
     worker = containers.start("--no-healthcheck", f"--network=container:{web.id}", publish=False, wait=False,
                               env={"ROLE": "worker", "METRICS_PORT": "0"})
     wait_until(lambda: worker.exec("healthcheck", check=False).returncode == 0, 30, "the worker's check passing")
+    # A consumer that crashed is not healthy while supervisord starts it again (supervisorctl's
+    # exit status is 0 then), only once it is RUNNING, 3 s later: a crash loop never passes.
+    worker.exec("supervisorctl", "signal", "KILL", "jobs")
+    check = worker.exec("healthcheck", check=False)
+    assert check.returncode == 1 and re.match(r"jobs +(STARTING|BACKOFF|EXITED)\b", check.stdout), check.stdout
+    wait_until(lambda: worker.exec("healthcheck", check=False).returncode == 0, 30, "the check passing again")
+    assert re.match(r"jobs +RUNNING\b", worker.exec("healthcheck").stdout)
     worker.exec("supervisorctl", "stop", "jobs")
     check = worker.exec("healthcheck", check=False)
     assert check.returncode == 1 and re.match(r"jobs +STOPPED", check.stdout), check.stdout

@@ -79,19 +79,18 @@ def web_check() -> tuple[bool, str]:
     return status_line.split(" ")[1:2] == ["200"], f"GET /healthz: {status_line or 'no answer'}"
 
 
-def consumer_is_running() -> bool:
+def consumer_check() -> tuple[bool, str]:
+    """Whether supervisord has the job consumer RUNNING, and its status line or the error."""
     import subprocess  # noqa: PLC0415  (a worker-only container's check only)
     try:
         status = subprocess.run(["supervisorctl", "status", "jobs"],
                                 capture_output=True, text=True, timeout=TIME_LIMIT)
     except (OSError, subprocess.TimeoutExpired) as error:
-        print(f"unhealthy: supervisorctl status jobs: {error}")
-        return False
-    print(status.stdout.strip())
+        return False, f"unhealthy: supervisorctl status jobs: {error}"
     # "jobs  RUNNING  pid 21, uptime 0:00:05". Only RUNNING, which supervisord gives a consumer
     # that has stayed up for its startsecs (3 s): supervisorctl's exit status is 0 for STARTING
     # and BACKOFF too, the states of a consumer that keeps crashing.
-    return status.stdout.split()[1:2] == ["RUNNING"]
+    return status.stdout.split()[1:2] == ["RUNNING"], status.stdout.strip()
 
 
 def main() -> int:
@@ -106,9 +105,7 @@ def main() -> int:
     except OSError as error:
         print(f"unhealthy: the stack has not started: {error}")
         return 1
-    if role == "worker":
-        return 0 if consumer_is_running() else 1
-    healthy, answer = web_check()
+    healthy, answer = consumer_check() if role == "worker" else web_check()
     print(answer)
     return 0 if healthy else 1
 

@@ -103,5 +103,9 @@ def when_ready(server):
 
 
 def child_exit(server, worker):
-    """A worker ended: its counters stay counted (prometheus-client's multiprocess mode)."""
+    """A worker ended: its counters stay counted (prometheus-client's multiprocess mode). One
+    that served MAX_REQUESTS had the master start its replacement first (SIGTTIN, from
+    deploy/gunicorn_worker.py): the master goes back to WEB_CONCURRENCY workers."""
     metrics.mark_process_dead(worker.pid)
+    if server.num_workers > server.cfg.workers:
+        server.num_workers = server.cfg.workers

@@ -14,9 +14,16 @@ that nginx keeps open to gunicorn (its upstream keepalive).
   `Connection: close` on their next answer (gunicorn's own rule) and nginx closes the idle
   ones first (its keepalive_timeout is below gunicorn's `keepalive`), so none is cut while
   nginx sends on it.
+- Replaced ahead of its exit: when it has served MAX_REQUESTS, it asks the master for one more
+  worker (SIGTTIN, gunicorn's signal for that) before it finishes its requests, so its
+  replacement boots meanwhile instead of after its exit; the master goes back to
+  WEB_CONCURRENCY workers when it exits (gunicorn_config.py's child_exit).
 """
 
+import os
+import signal
 import time
+from contextlib import suppress
 
 import gevent
 from gevent.event import Event
@@ -45,10 +52,14 @@ class FairGeventWorker(GeventWorker):
 
     @alive.setter
     def alive(self, value: bool) -> None:
+        was_alive = getattr(self, "_alive", False)
         self._alive = value
         stopping = getattr(self, "_stopping", None)
         if not value and stopping is not None:
             stopping.set()  # the run loop closes the listeners now
+            if was_alive and self.nr >= self.max_requests:
+                with suppress(ProcessLookupError):  # a master that is gone needs no replacement
+                    os.kill(self.ppid, signal.SIGTTIN)
 
     def run(self):
         self._stopping = Event()

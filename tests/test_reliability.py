@@ -105,7 +105,7 @@ def children(container, pid: int) -> set[int]:
     return {int(child) for child in container.exec("cat", f"/proc/{pid}/task/{pid}/children").stdout.split()}
 
 
-# --- 1, 2: reload --------------------------------------------------------------------------
+# --- 1, 2: reload, and workers recycled ------------------------------------------------------
 
 @pytest.mark.parametrize("target, program", [("app", "gunicorn"), ("nginx", "nginx")])
 def test_reload_under_load_fails_no_request(stack, target, program):
@@ -144,6 +144,46 @@ def test_reload_refuses_a_broken_nginx_config_and_keeps_serving(stack):
     assert reload.returncode == 1
     assert "nginx keeps the one it has" in reload.stderr
     assert stack.get("/healthz").status == 200
+
+
+WORKER_EVENT = re.compile(r"^\S+ \[(?P<pid>\d+)\] .*?(?:(?P<recycling>Autorestarting worker)"
+                          r"|Booting worker with pid: (?P<booted>\d+)|Worker exiting \(pid: (?P<exited>\d+)\))")
+
+
+def worker_events(error_log: str) -> list[tuple[str, int]]:
+    """gunicorn's lines about its workers, in order: ("recycling" | "booted" | "exited", pid)."""
+    events = []
+    for line in error_log.splitlines():
+        if match := WORKER_EVENT.match(line):
+            if match["recycling"]:
+                events.append(("recycling", int(match["pid"])))
+            else:
+                kind = "booted" if match["booted"] else "exited"
+                events.append((kind, int(match[kind])))
+    return events
+
+
+def test_recycled_workers_are_replaced_before_they_exit_and_fail_no_request(containers, log_dir):
+    """MAX_REQUESTS=100 under load: a worker is replaced every second or so. Each one's
+    replacement boots while it finishes its requests, not after, and then the master runs
+    WEB_CONCURRENCY workers again."""
+    container = containers.start(env={"MAX_REQUESTS": "100"}, logs=log_dir)
+    gunicorn = pid_of(container, "gunicorn")
+    workers = len(children(container, gunicorn))
+    with load(container.port, seconds=8) as result:
+        pass
+    assert not result.failures, f"recycling: {result.summary()}; failed: {result.failures[:5]}"
+    wait_until(lambda: len(children(container, gunicorn)) == workers, 5, f"{workers} workers again")
+
+    events = worker_events((log_dir / "gunicorn/error.log").read_text())
+    recycled = [pid for kind, pid in events if kind == "recycling" and ("exited", pid) in events]
+    assert len(recycled) >= 3, f"only {len(recycled)} workers recycled: {events}"
+    for pid in recycled:
+        asked, exited = events.index(("recycling", pid)), events.index(("exited", pid))
+        assert any(kind == "booted" for kind, _ in events[asked:exited]), \
+            f"worker {pid}: no replacement booted between its last request and its exit: {events}"
+    figures.record("workers recycled (`MAX_REQUESTS=100`), 8 s", result.sent, len(result.failures),
+                   f"{len(recycled)} workers replaced, each replacement booted before the old one exited")
 
 
 # --- 3: log rotation -------------------------------------------------------------------------

@@ -163,16 +163,16 @@ def worker_events(error_log: str) -> list[tuple[str, int]]:
     return events
 
 
-def test_recycled_workers_are_replaced_before_they_exit_and_fail_no_request(containers, log_dir):
+@pytest.mark.parametrize("web_concurrency", ["1", "2"])
+def test_recycled_workers_are_replaced_before_they_exit_and_fail_no_request(containers, log_dir, web_concurrency):
     """MAX_REQUESTS=100 under load: a worker is replaced every second or so. Each one's
-    replacement boots while it finishes its requests, not after, and then the master runs
-    WEB_CONCURRENCY workers again."""
-    container = containers.start(env={"MAX_REQUESTS": "100"}, logs=log_dir)
-    gunicorn = pid_of(container, "gunicorn")
-    workers = len(children(container, gunicorn))
+    replacement boots while it finishes its requests, not after (with one worker, nothing
+    would accept meanwhile), and then the master runs WEB_CONCURRENCY workers again."""
+    container = containers.start(env={"MAX_REQUESTS": "100", "WEB_CONCURRENCY": web_concurrency}, logs=log_dir)
     with load(container.port, seconds=8) as result:
         pass
     assert not result.failures, f"recycling: {result.summary()}; failed: {result.failures[:5]}"
+    gunicorn, workers = pid_of(container, "gunicorn"), int(web_concurrency)
     wait_until(lambda: len(children(container, gunicorn)) == workers, 5, f"{workers} workers again")
 
     events = worker_events((log_dir / "gunicorn/error.log").read_text())
@@ -182,7 +182,8 @@ def test_recycled_workers_are_replaced_before_they_exit_and_fail_no_request(cont
         asked, exited = events.index(("recycling", pid)), events.index(("exited", pid))
         assert any(kind == "booted" for kind, _ in events[asked:exited]), \
             f"worker {pid}: no replacement booted between its last request and its exit: {events}"
-    figures.record("workers recycled (`MAX_REQUESTS=100`), 8 s", result.sent, len(result.failures),
+    figures.record(f"workers recycled (`MAX_REQUESTS=100`, `WEB_CONCURRENCY={web_concurrency}`), 8 s",
+                   result.sent, len(result.failures),
                    f"{len(recycled)} workers replaced, each replacement booted before the old one exited")
 
 

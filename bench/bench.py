@@ -181,9 +181,10 @@ def gunicorn_direct(*options: str) -> Callable[[Server, int], None]:
     return start
 
 
-def stack_native(**overrides: str) -> Callable[[Server, int], None]:
+def stack_native(*gunicorn_options: str, **overrides: str) -> Callable[[Server, int], None]:
     """The image's nginx.conf, gunicorn_config.py and deploy/, as the entrypoint and supervisord run
-    them, with the folders in the run's folder, nginx on `port` instead of 80, and `overrides`."""
+    them, with the folders in the run's folder, nginx on `port` instead of 80, and `overrides`
+    (gunicorn's command-line `gunicorn_options` over its settings: bench/costs.py)."""
     def start(server: Server, port: int) -> None:
         env = app_env(server, **overrides)
         configure = subprocess.run([BIN / "python", "-m", "deploy.configure"], cwd=ROOT, env=env, check=True,
@@ -195,7 +196,8 @@ def stack_native(**overrides: str) -> Callable[[Server, int], None]:
         (nginx_folder / "nginx.conf").write_text(f"include {nginx_conf};\n")
         # In the image supervisord creates gunicorn's socket and passes it as fd 0: here gunicorn binds it.
         server.spawn("gunicorn", [BIN / "gunicorn", "--config", ROOT / "gunicorn_config.py",
-                                  f"--bind=unix:{env['STACK_RUN_DIR']}/gunicorn.sock"], cwd=ROOT, env=env)
+                                  f"--bind=unix:{env['STACK_RUN_DIR']}/gunicorn.sock", *gunicorn_options],
+                     cwd=ROOT, env=env)
         server.spawn("nginx", ["nginx", "-p", f"{nginx_folder}/", "-c", nginx_folder / "nginx.conf", "-e", "stderr"])
     return start
 

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -320,14 +320,19 @@ def wait_until_ready(server: Server, deadline: float = 60) -> None:
 
 # --- Measurements ----------------------------------------------------------------------
 
-def process_memory(server: Server, full: bool) -> list[tuple[psutil.Process, object]]:
-    """Each process of the server with its memory info (with `full`, also PSS); one that ended meanwhile is left out."""
+def processes_of(server: Server) -> list[psutil.Process]:
+    """Every process of the server: each one it started (or its container's first) and their descendants."""
     processes = []
     for pid in server.pids():
         root = psutil.Process(pid)
         processes += [root, *root.children(recursive=True)]
+    return processes
+
+
+def process_memory(server: Server, full: bool) -> list[tuple[psutil.Process, object]]:
+    """Each process of the server with its memory info (with `full`, also PSS); one that ended meanwhile is left out."""
     found = []
-    for process in processes:
+    for process in processes_of(server):
         try:
             found.append((process, process.memory_full_info() if full else process.memory_info()))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -564,23 +569,28 @@ def measure(config: Config, work: Path) -> dict:
     return result
 
 
-def alternated_rounds(work: Path) -> list[dict]:
-    """The fast path of ROUNDS_CONFIGS again, in turns: they run side by side, and each round
-    gives each of them ROUND_SECONDS of wrk, at each number of connections. This machine's
+def round_turn(server: Server, connections: int) -> dict:
+    """One configuration's turn in a round: ROUND_SECONDS of wrk."""
+    return wrk(server.address, connections, ROUND_SECONDS)
+
+
+def alternated_rounds(work: Path, configs: Sequence[Config] = tuple(map(config_named, ROUNDS_CONFIGS)),
+                      connection_counts: Sequence[int] = FAST_CONNECTIONS,
+                      turn: Callable[[Server, int], dict] = round_turn) -> list[dict]:
+    """The fast path of `configs` (ROUNDS_CONFIGS) again, in turns: they run side by side, and
+    each round gives each of them its `turn`, at each number of connections. This machine's
     speed drifts by up to 30% between one configuration's turn and the next one's; measured
     in alternation, both sides of a ratio see the same drift, and the targets take the median
-    of the rounds' ratios."""
+    of the rounds' ratios. Each round: {connections: {key: the turn's result}}."""
     with ExitStack() as stack:
-        servers = {key: stack.enter_context(running(config_named(key), work))
-                   for key in ROUNDS_CONFIGS}
+        servers = {config.key: stack.enter_context(running(config, work)) for config in configs}
         for server in servers.values():
-            wrk(server.address, FAST_CONNECTIONS[0], 1)  # warm-up, not recorded
+            wrk(server.address, connection_counts[0], 1)  # warm-up, not recorded
         rounds = []
         for number in range(1, ROUNDS + 1):
             print(f"  round {number} of {ROUNDS}", flush=True)
-            rounds.append({connections: {key: wrk(server.address, connections, ROUND_SECONDS)
-                                         for key, server in servers.items()}
-                           for connections in FAST_CONNECTIONS})
+            rounds.append({connections: {key: turn(server, connections) for key, server in servers.items()}
+                           for connections in connection_counts})
     return rounds
 
 

@@ -18,7 +18,6 @@ import signal
 import statistics
 import sys
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
@@ -60,24 +59,20 @@ def cpu_seconds(server: Server) -> dict[str, float]:
     """The CPU time of the server's programs so far: nginx's, and the rest (gunicorn or uwsgi);
     processes that have ended count in their parent's children times."""
     spent = {"nginx": 0.0, "server": 0.0}
-    for root in server.processes:
+    for process in bench.processes_of(server):
         try:
-            processes = [psutil.Process(root.pid), *psutil.Process(root.pid).children(recursive=True)]
+            times, name = process.cpu_times(), process.name()
         except psutil.NoSuchProcess:
             continue
-        for process in processes:
-            try:
-                times, name = process.cpu_times(), process.name()
-            except psutil.NoSuchProcess:
-                continue
-            spent["nginx" if name.startswith("nginx") else "server"] += (
-                times.user + times.system + times.children_user + times.children_system)
+        spent["nginx" if name.startswith("nginx") else "server"] += (
+            times.user + times.system + times.children_user + times.children_system)
     return spent
 
 
-def one_turn(server: Server) -> dict:
+def turn_with_cpu(server: Server, connections: int) -> dict:
+    """bench.py's turn, and the CPU the server's programs spent a request during it."""
     before = cpu_seconds(server)
-    result = bench.wrk(server.address, CONNECTIONS, bench.ROUND_SECONDS)
+    result = bench.round_turn(server, connections)
     after = cpu_seconds(server)
     requests = max(1, result["rps"] * bench.ROUND_SECONDS)
     return {**result, **{f"{program}_us": (after[program] - before[program]) / requests * 1e6
@@ -85,16 +80,9 @@ def one_turn(server: Server) -> dict:
 
 
 def measure(work: Path) -> dict[str, list[dict]]:
-    turns = {step.key: [] for step in STEPS}
-    with ExitStack() as stack:
-        servers = {step.key: stack.enter_context(bench.running(step, work)) for step in STEPS}
-        for server in servers.values():
-            bench.wrk(server.address, CONNECTIONS, 1)  # warm-up, not recorded
-        for number in range(1, bench.ROUNDS + 1):
-            print(f"  round {number} of {bench.ROUNDS}", flush=True)
-            for key, server in servers.items():
-                turns[key].append(one_turn(server))
-    return turns
+    """Each step's turns, round after round."""
+    rounds = bench.alternated_rounds(work, STEPS, (CONNECTIONS,), turn_with_cpu)
+    return {step.key: [turns[CONNECTIONS][step.key] for turns in rounds] for step in STEPS}
 
 
 def table(turns: dict[str, list[dict]]) -> str:

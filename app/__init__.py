@@ -15,15 +15,15 @@ def create_app(test_config: dict | None = None):
     from flask import Flask  # noqa: PLC0415  (see above: the package alone stays light)
 
     from app import after_response, compute, config, cpu, index, network, waiting  # noqa: PLC0415
-    from deploy import jobs  # noqa: PLC0415
+    from deploy import init_app, json_errors  # noqa: PLC0415
 
     app = Flask(__name__)
     app.config.from_mapping(config.from_env())
     if test_config:
         app.config.from_mapping(test_config)
 
-    jobs.init_app(app)      # POST/GET/DELETE /jobs for the tasks of app/tasks.py
-    jobs.json_errors(app)   # an API: every error, a 404 or 405 too, is JSON
+    init_app(app)       # POST/GET/DELETE /jobs for the tasks of app/tasks.py
+    json_errors(app)    # an API: every error, a 404 or 405 too, is JSON
 
     for blueprint in (index.bp, waiting.bp, after_response.bp, compute.bp, cpu.bp, network.bp):
         app.register_blueprint(blueprint)

@@ -1,4 +1,4 @@
-"""GET /job: answer at once, then run job1 and job2 in this worker (deploy.jobs.after_response);
+"""GET /job: answer at once, then run job1 and job2 in this worker (deploy.after_response);
 their start and end go to the app's log. Work that must not be lost goes to POST /jobs."""
 
 from functools import partial
@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify
 
 from app import tasks
 from app.waiting import seconds_arg
-from deploy.jobs import after_response
+from deploy import after_response
 
 bp = Blueprint("after_response", __name__)
 

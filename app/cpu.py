@@ -4,7 +4,7 @@ OS thread so that the worker keeps serving others meanwhile."""
 from flask import Blueprint, abort, jsonify, request
 
 from app import tasks
-from deploy.jobs import in_os_thread
+from deploy import in_os_thread
 
 bp = Blueprint("cpu", __name__)
 

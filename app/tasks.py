@@ -10,7 +10,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 
-from deploy.jobs import task
+from deploy import task
 
 MAX_DIGEST_ROUNDS = 5_000_000
 

@@ -17,15 +17,20 @@ from flask import current_app
 from werkzeug.exceptions import ServiceUnavailable
 
 from deploy.extension import stack_extension
+from deploy.settings import Settings
 
 
 def after_response(calls: dict[str, Callable[[], object]]) -> None:
     """Start every call of `calls` (name -> function) in this worker, after the request's
     answer; or none of them (ServiceUnavailable, a 503) if that would pass the bound."""
-    stack_extension(current_app).background.submit(calls)
+    stack_extension(current_app).part("background", BackgroundTasks.for_settings).submit(calls)
 
 
 class BackgroundTasks:
+    @classmethod
+    def for_settings(cls, settings: Settings) -> "BackgroundTasks":
+        return cls(settings.background_tasks_max, logging.getLogger("deploy.background"))
+
     def __init__(self, limit: int, logger: logging.Logger):
         self._limit = limit
         self._running = 0

@@ -40,7 +40,7 @@ class HealthMiddleware:
         self.draining_flag = os.path.join(extension.settings.stack_run_dir, DRAINING_FLAG)
         for path in self.shadowed_routes():
             log.warning("the app's own route for %s is never called: the stack answers %s itself "
-                        "(add a readiness check instead: deploy.jobs.readiness_check)", path, path)
+                        "(add a readiness check instead: deploy.readiness_check)", path, path)
 
     def shadowed_routes(self) -> list[str]:
         if self.flask_app is None:
@@ -65,9 +65,10 @@ class HealthMiddleware:
     def readiness_failures(self) -> dict[str, str]:
         if os.path.exists(self.draining_flag):
             return {"draining": "the container is stopping: it finishes its requests and takes no new ones"}
+        from deploy.jobs.queue import queue_of  # noqa: PLC0415  (huey, only when asked)
         failures = {}
         try:
-            self.extension.queue.records.ping()
+            queue_of(self.extension).records.ping()
         except Exception as error:
             failures["job store"] = describe(error)
         for check in self.extension.readiness_checks:

@@ -17,7 +17,7 @@ import redis
 from flask import Flask
 
 from app import create_app
-from deploy import jobs
+from deploy import init_app
 from deploy.jobs.queue import JobNotCancelable, JobQueue
 from deploy.jobs.registry import TaskRegistry
 from deploy.settings import Settings
@@ -114,7 +114,7 @@ def test_unknown_ids_are_404(client):
 
 def test_every_error_of_the_jobs_api_is_json_in_an_app_with_html_errors():
     app = Flask("html_app")
-    jobs.init_app(app)
+    init_app(app)
     client = app.test_client()
     for method, path, status in [("PUT", "/jobs", 405), ("POST", "/jobs/0b7e1f4c-3c44-4f9a-9a51-2a8d7b0c9e11", 405),
                                  ("GET", "/jobs/a/b", 404), ("GET", "/jobs/nope", 404)]:
@@ -198,7 +198,7 @@ def test_jobs_of_a_task_registered_after_the_queue_was_made_are_accepted_and_run
     sys.path.insert(0, str(tmp_path))
     try:
         app = Flask("late")
-        jobs.init_app(app)
+        init_app(app)
         client = JobsClient.of_flask(app.test_client())
         client.request("GET", "/jobs/0b7e1f4c-3c44-4f9a-9a51-2a8d7b0c9e11", None)  # the queue is made now
         import late_tasks  # noqa: F401, PLC0415  (registers `late` only now)

@@ -10,7 +10,7 @@ from flask import Flask, current_app, redirect, request, url_for
 from prometheus_client import REGISTRY
 from werkzeug.test import Client
 
-from deploy import jobs
+from deploy import readiness_check
 from deploy.settings import Settings
 from deploy.wsgi import wrap
 
@@ -107,7 +107,7 @@ def test_a_failing_readiness_check_makes_readyz_503_naming_it(bare_app):
         if state["database"] != "up":
             raise ConnectionError("database refused the connection")
 
-    jobs.readiness_check(bare_app, database_is_up)
+    readiness_check(bare_app, database_is_up)
     client = served(bare_app)
     assert client.get("/readyz").status_code == 200
     state["database"] = "down"
@@ -119,7 +119,7 @@ def test_a_failing_readiness_check_makes_readyz_503_naming_it(bare_app):
 
 
 def test_a_check_returning_false_fails_and_runs_in_the_app_context(bare_app):
-    jobs.readiness_check(bare_app, lambda: current_app.name != "bare")
+    readiness_check(bare_app, lambda: current_app.name != "bare")
     assert served(bare_app).get("/readyz").json["failures"] == {"<lambda>": "returned False"}
 
 

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, ServiceUnavaila
 
 from deploy.errors import json_error
 from deploy.extension import stack_extension
-from deploy.jobs.queue import JobNotCancelable, JobQueue, QueueFull
+from deploy.jobs.queue import JobNotCancelable, JobQueue, QueueFull, queue_of
 from deploy.jobs.registry import InvalidJob
 from deploy.settings import Settings
 from deploy.threads import size_thread_pool
@@ -36,7 +36,7 @@ def init_app(app: Flask, settings: Settings | None = None) -> None:
 
 
 def job_queue() -> JobQueue:
-    return stack_extension(current_app).queue
+    return queue_of(stack_extension(current_app))
 
 
 def job_id_or_404(job_id: str) -> str:

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from huey import Huey
 from huey import signals as huey_signals
@@ -32,6 +33,9 @@ from deploy.jobs.registry import TaskRegistry, TaskSpec, registry
 from deploy.jobs.store import RedisRecords, SqliteRecords
 from deploy.logs import job_context
 from deploy.settings import Settings
+
+if TYPE_CHECKING:  # the consumer imports this module without Flask
+    from deploy.extension import StackExtension
 
 QUEUE_NAME = "flask-stack"
 log = logging.getLogger("deploy.jobs")
@@ -73,6 +77,11 @@ class StackHuey(Huey):
             except HueyException:
                 self.job_queue.unknown_task(message.id, message.name)
                 return None
+
+
+def queue_of(extension: "StackExtension") -> "JobQueue":
+    """The job queue of an app's stack state (deploy/extension.py), made when first needed."""
+    return extension.part("queue", JobQueue)
 
 
 class JobQueue:

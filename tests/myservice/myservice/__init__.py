@@ -9,7 +9,7 @@ import click
 from flask import Flask, current_app, jsonify, redirect, request, url_for
 from flask_sock import Sock
 
-from deploy import jobs
+from deploy import init_app, readiness_check
 from myservice import tasks  # noqa: F401  (registers make_report)
 
 
@@ -25,8 +25,8 @@ def not_in_maintenance() -> bool:
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(SECRET_KEY=os.environ.get("SECRET_KEY"))
-    jobs.init_app(app)
-    jobs.readiness_check(app, not_in_maintenance)
+    init_app(app)
+    readiness_check(app, not_in_maintenance)
     sock = Sock(app)
 
     @app.get("/hello")

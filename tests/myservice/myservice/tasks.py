@@ -1,6 +1,6 @@
 """myservice's durable job."""
 
-from deploy.jobs import task
+from deploy import task
 
 
 @task()

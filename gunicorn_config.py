@@ -23,8 +23,11 @@ import gevent.time  # noqa: F401
 
 import deploy.jobs.api  # noqa: F401  (huey; and redis-py, with REDIS_URL: the Dockerfile)
 import deploy.wsgi  # noqa: F401
-from deploy import gunicorn_errors, metrics
+from deploy import gunicorn_errors
+from deploy.jobs.queue import JobQueue
 from deploy.logs import logging_config, skip_unused_record_fields
+from deploy.metrics import exposition
+from deploy.metrics.jobs import JobsCollector
 from deploy.settings import Settings
 
 settings = Settings.from_env()
@@ -98,14 +101,14 @@ def post_worker_init(worker):
 def when_ready(server):
     """The master serves the metrics (METRICS_PORT): every worker's, nginx's, its own, the jobs'."""
     if settings.metrics_port:
-        metrics.serve(settings, metrics.NginxCollector(f"{settings.stack_run_dir}/nginx-status.sock"),
-                      metrics.GunicornCollector(server), metrics.JobsCollector(settings))
+        exposition.serve(settings, exposition.NginxCollector(f"{settings.stack_run_dir}/nginx-status.sock"),
+                         exposition.GunicornCollector(server), JobsCollector(lambda: JobQueue(settings).store))
 
 
 def child_exit(server, worker):
     """A worker ended: its counters stay counted (prometheus-client's multiprocess mode). One
     that served MAX_REQUESTS had the master start its replacement first (SIGTTIN, from
     deploy/gunicorn_worker.py): the master goes back to WEB_CONCURRENCY workers."""
-    metrics.mark_process_dead(worker.pid)
+    exposition.mark_process_dead(worker.pid)
     if server.num_workers > server.cfg.workers:
         server.num_workers = server.cfg.workers

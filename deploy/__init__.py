@@ -1,8 +1,9 @@
 """The stack's seam: everything an app uses of the stack is imported from here.
 
-    from deploy import task, init_app, in_os_thread, after_response, readiness_check, json_errors
+    from deploy import task, progress, init_app, in_os_thread, after_response, readiness_check, json_errors
 
-    @task()                                  # a durable job, run by the consumer
+    @task()                                  # a durable job, run by the consumer (or @task(cron=...))
+    progress(0.4, "step 2 of 5")             # inside a task: how far it is
     init_app(app)                            # the /jobs API in any Flask app
     in_os_thread(function, *args)            # CPU-heavy native code off the event loop
     after_response({"name": function})       # short work after the answer, may be lost
@@ -19,6 +20,7 @@ import importlib
 # Each name of the seam, and the module that holds it.
 _SEAM = {
     "task": "deploy.jobs.registry",
+    "progress": "deploy.jobs.running",
     "init_app": "deploy.jobs.api",
     "in_os_thread": "deploy.threads",
     "after_response": "deploy.background",

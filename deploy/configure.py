@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from deploy.healthcheck import ROLE_FILE
-from deploy.settings import ConfigError, Settings, secret_values, usable_cpus
+from deploy.settings import LOGS, ConfigError, Settings, secret_values, usable_cpus
 
 STACK_NGINX_CONF = Path(__file__).resolve().parent.parent / "nginx.conf"
 
@@ -34,18 +34,10 @@ STACK_NGINX_CONF = Path(__file__).resolve().parent.parent / "nginx.conf"
 NGINX_LOG_LEVELS = {"info": "notice", "warning": "warn", "critical": "crit"}
 
 
-def log_files(settings: Settings) -> bool:
-    return settings.log_target in ("files", "both")
-
-
-def log_streams(settings: Settings) -> bool:
-    return settings.log_target in ("stdout", "both")
-
-
 def nginx_main_settings(settings: Settings) -> str:
     level = NGINX_LOG_LEVELS.get(settings.log_level, settings.log_level)
-    lines = [f"error_log {settings.stack_log_dir}/nginx/error.log {level};"] if log_files(settings) else []
-    lines += [f"error_log stderr {level};"] if log_streams(settings) else []
+    lines = [f"error_log {settings.stack_log_dir}/nginx/error.log {level};"] if settings.logs_to_files else []
+    lines += [f"error_log stderr {level};"] if settings.logs_to_streams else []
     # A stop or reload closes connections still open after this, so `docker stop` ends in time.
     lines += [f"worker_shutdown_timeout {settings.graceful_timeout}s;"]
     # One worker per CPU the container may use (its CPU quota, not the host's CPUs as `auto` counts).
@@ -55,8 +47,8 @@ def nginx_main_settings(settings: Settings) -> str:
 
 def nginx_http_settings(settings: Settings) -> str:
     access_log = f"{settings.stack_log_dir}/nginx/access.log"
-    lines = [f"access_log {access_log} {settings.log_format};"] if log_files(settings) else []
-    lines += [f"access_log /dev/stdout {settings.log_format};"] if log_streams(settings) else []
+    lines = [f"access_log {access_log} {settings.log_format};"] if settings.logs_to_files else []
+    lines += [f"access_log /dev/stdout {settings.log_format};"] if settings.logs_to_streams else []
     lines += [
         f"client_max_body_size {settings.client_max_body_size};",
         f"keepalive_timeout {settings.keep_alive}s;",
@@ -87,7 +79,7 @@ def nginx_http_settings(settings: Settings) -> str:
         "}",
     ]
     if settings.metrics_port:
-        # Connections and requests for deploy/metrics.py: reachable inside the container only.
+        # Connections and requests for deploy/metrics/exposition.py: reachable inside the container only.
         lines += [
             "server {",
             f"    listen unix:{settings.stack_run_dir}/nginx-status.sock;",
@@ -172,14 +164,14 @@ class FolderError(Exception):
 def prepare_folders(settings: Settings) -> None:
     """Check that the log folder (when logs go to files) and the data folder, and what they
     hold, are writable; make the log folders of the programs."""
-    folders = [settings.stack_data_dir] + ([settings.stack_log_dir] if log_files(settings) else [])
+    folders = [settings.stack_data_dir] + ([settings.stack_log_dir] if settings.logs_to_files else [])
     for folder in folders:
         for path in [Path(folder), *Path(folder).glob("*"), *Path(folder).glob("*/*")]:
             if not os.access(path, os.W_OK):
                 raise FolderError(f"{path} is not writable by uid {os.getuid()} gid {os.getgid()}. Make the "
                                   "mounted folder writable by that user (chown), or run without --user.")
-    if log_files(settings):
-        for program in ("nginx", "gunicorn", "app", "jobs"):
+    if settings.logs_to_files:
+        for program in {log.program for log in LOGS}:
             (Path(settings.stack_log_dir) / program).mkdir(exist_ok=True)
     (Path(settings.stack_data_dir) / "instance").mkdir(exist_ok=True)
     if settings.metrics_port:  # emptied at each start, as prometheus-client asks
@@ -201,15 +193,14 @@ def make_control_password(settings: Settings) -> str:
 def shell_lines(settings: Settings, environ=os.environ) -> str:
     """What the entrypoint evaluates: the programs' switches, supervisord's log, whether logs
     go to files, the secrets read from files, and redis-py's folder when the queue is in Redis."""
-    web = settings.role in ("all", "web")
-    jobs = settings.role in ("all", "worker")
-    supervisord_log = f"{settings.stack_log_dir}/supervisord.log" if log_files(settings) else "/dev/null"
-    switches = {"WEB_AUTOSTART": web, "JOBS_AUTOSTART": jobs, "DRAIN_AUTOSTART": web and settings.drain_seconds > 0,
-                "LOGROTATE_AUTOSTART": log_files(settings)}
+    supervisord_log = f"{settings.stack_log_dir}/supervisord.log" if settings.logs_to_files else "/dev/null"
+    switches = {"WEB_AUTOSTART": settings.runs_web, "JOBS_AUTOSTART": settings.runs_jobs,
+                "DRAIN_AUTOSTART": settings.runs_web and settings.drain_seconds > 0,
+                "LOGROTATE_AUTOSTART": settings.logs_to_files}
     lines = ["export " + " ".join(f"{name}={str(on).lower()}" for name, on in switches.items()),
              f"export DRAIN_SECONDS={settings.drain_seconds} SUPERVISORD_LOGFILE={supervisord_log}",
              f"export PROMETHEUS_MULTIPROC_DIR={metrics_folder(settings)}",
-             f"LOG_FILES={str(log_files(settings)).lower()}"]
+             f"LOG_FILES={str(settings.logs_to_files).lower()}"]
     # The image keeps redis-py off the path (Dockerfile) unless the queue is in Redis.
     if settings.redis_url and environ.get("STACK_REDIS_CLIENT"):
         path = ":".join(filter(None, (environ.get("PYTHONPATH"), environ["STACK_REDIS_CLIENT"])))
@@ -236,7 +227,7 @@ def main(argv: list[str]) -> int:
         write_nginx_settings(settings)
         write_role(settings)
         print(f"export SUPERVISOR_PASSWORD={make_control_password(settings)}")
-        if not settings.allowed_hosts and settings.role != "worker":
+        if not settings.allowed_hosts and settings.runs_web:
             print("warning: ALLOWED_HOSTS is not set: requests for any Host reach the app, which then builds "
                   "absolute URLs (redirects, links in mails) with the client's Host; set it to your names",
                   file=sys.stderr)

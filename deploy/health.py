@@ -68,7 +68,7 @@ class HealthMiddleware:
         from deploy.jobs.queue import queue_of  # noqa: PLC0415  (huey, only when asked)
         failures = {}
         try:
-            queue_of(self.extension).records.ping()
+            queue_of(self.extension).store.ping()
         except Exception as error:
             failures["job store"] = describe(error)
         for check in self.extension.readiness_checks:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 
 from pythonjsonlogger.json import JsonFormatter
 
-from deploy.settings import Settings
+from deploy.settings import LOG_OF, Log, Settings
 
 REQUEST_ID = contextvars.ContextVar("request_id", default=None)  # the request being served, or the job's
 JOB_ID = contextvars.ContextVar("job_id", default=None)  # the job being run (in the consumer)
@@ -94,23 +94,23 @@ def skip_unused_record_fields() -> None:
     logging._srcfile = None
 
 
-def _handlers(settings: Settings, source: str, file: str, stream: str, text_format: str) -> dict:
+def _handlers(settings: Settings, log: Log) -> dict:
     """The dictConfig handlers of one log: a file, a stream, or both (LOG_TARGET)."""
-    handlers = {}
+    handlers, source = {}, log.source
     json_format = settings.log_format == "json"
-    if settings.log_target in ("files", "both"):
+    if settings.logs_to_files:
         handlers[f"{source}_file"] = {
             # gunicorn reopens its own loggers' files when rotate-logs signals it (USR1); the
             # other logs' handlers see for themselves, at a stat() for each line.
             "class": "logging.FileHandler" if source.startswith("gunicorn.") else "logging.handlers.WatchedFileHandler",
-            "filename": f"{settings.stack_log_dir}/{file}",
+            "filename": f"{settings.stack_log_dir}/{log.file}",
             "formatter": f"{source}_json" if json_format else f"{source}_text",
             "filters": ["request_context"],
         }
-    if settings.log_target in ("stdout", "both"):
+    if settings.logs_to_streams:
         handlers[f"{source}_stream"] = {
             "class": "logging.StreamHandler",
-            "stream": f"ext://sys.{stream}",
+            "stream": f"ext://sys.{log.stream}",
             "formatter": f"{source}_json" if json_format else f"{source}_marked_text",
             "filters": ["request_context"],
         }
@@ -128,17 +128,16 @@ def _formatters(source: str, text_format: str) -> dict:
 def logging_config(settings: Settings, process: str) -> dict:
     """dictConfig for `process`: "gunicorn" (its logs and the app's) or "consumer" (the jobs' log)."""
     if process == "gunicorn":
-        logs = {"gunicorn.access": ("gunicorn.access", "gunicorn/access.log", "stdout", ACCESS_TEXT),
-                "gunicorn.error": ("gunicorn.error", "gunicorn/error.log", "stderr", RECORD_TEXT),
-                "root": ("app", "app/app.log", "stderr", RECORD_TEXT)}
+        logs = {"gunicorn.access": (LOG_OF["gunicorn.access"], ACCESS_TEXT),
+                "gunicorn.error": (LOG_OF["gunicorn.error"], RECORD_TEXT), "root": (LOG_OF["app"], RECORD_TEXT)}
     else:
-        logs = {"root": ("jobs", "jobs/consumer.log", "stderr", RECORD_TEXT)}
+        logs = {"root": (LOG_OF["jobs"], RECORD_TEXT)}
     config = {"version": 1, "disable_existing_loggers": False, "loggers": {}, "handlers": {}, "formatters": {},
               "filters": {"request_context": {"()": RequestContext}}}
-    for logger, (source, file, stream, text_format) in logs.items():
-        handlers = _handlers(settings, source, file, stream, text_format)
+    for logger, (log, text_format) in logs.items():
+        handlers = _handlers(settings, log)
         config["handlers"].update(handlers)
-        config["formatters"].update(_formatters(source, text_format))
+        config["formatters"].update(_formatters(log.source, text_format))
         level = "INFO" if logger == "gunicorn.access" else settings.log_level.upper()
         entry = {"level": level, "handlers": list(handlers)}
         if logger == "root":

@@ -159,6 +159,22 @@ def host_names(raw: str) -> tuple[str, ...]:
     raise ValueError("host names or *.domain patterns separated by commas, e.g. api.example.com,*.example.org")
 
 
+def time_zone(raw: str) -> str:
+    from zoneinfo import ZoneInfo  # noqa: PLC0415  (its data is read only here)
+    try:
+        ZoneInfo(raw.strip())
+    except (ValueError, LookupError, OSError):
+        raise ValueError("an IANA time zone name, e.g. UTC or Europe/Paris") from None
+    return raw.strip()
+
+
+def token(raw: str) -> str:
+    if raw == "" or re.fullmatch(r"[\x21-\x7e]{16,}", raw):
+        return raw
+    raise ValueError("at least 16 printable ASCII characters without spaces (e.g. `openssl rand -hex 32`), "
+                     "or empty for no token")
+
+
 def metrics_port(raw: str) -> int:
     if re.fullmatch(r"\d+", raw.strip()) and 0 <= int(raw) <= 65535 and int(raw) != 80:
         return int(raw)
@@ -263,11 +279,46 @@ VARIABLES = (
     Variable("JOB_LEASE_SECONDS", whole_number(3, 86_400), "30",
              "a running job whose consumer has not renewed its lease for this long (killed, host lost) is ended"),
     Variable("JOB_RESULT_TTL", whole_number(0, 315_360_000), "604800",
-             "seconds a finished job's record is kept (0: for ever); queued and running jobs never expire"),
+             "seconds a finished job's record is kept (0: for ever); scheduled, queued and running jobs never expire"),
+    Variable("JOB_RESULT_MAX_BYTES", size_in_bytes, "1m",
+             "largest result a job may return, as JSON (larger: the job fails, saying so)"),
+    Variable("SCHEDULE_TIMEZONE", time_zone, "UTC",
+             "the time zone of the scheduled tasks' cron expressions (IANA name)"),
+    Variable("JOBS_TOKEN", token, "",
+             "the bearer token every /jobs request must carry, and the dashboard's password (default: none, "
+             "with a warning at start; the dashboard is off)", secret=True),
     Variable("SECRET_KEY", any_text, "",
              "your app's secret (Flask's SECRET_KEY); the stack only passes it on, also from SECRET_KEY_FILE",
              secret=True),
 )
+
+
+@dataclass(frozen=True)
+class Log:
+    """One of the stack's logs: its source (the mark of its lines on a shared stream), its
+    file under STACK_LOG_DIR (LOG_TARGET=files or both) and its stream (stdout or both)."""
+    source: str
+    file: str
+    stream: str
+
+    @property
+    def program(self) -> str:
+        """The program that writes it, which is also its folder."""
+        return self.file.split("/", 1)[0]
+
+
+# Every log file of the stack but supervisord's own (which supervisord writes and rotates):
+# the one list that the log folders, the Python loggers (deploy/logs.py), the rotation
+# (deploy/rotate-logs) and the stream marks (deploy/supervisor_container.py) follow.
+LOGS = (
+    Log("nginx.access", "nginx/access.log", "stdout"),
+    Log("nginx.error", "nginx/error.log", "stderr"),
+    Log("gunicorn.access", "gunicorn/access.log", "stdout"),
+    Log("gunicorn.error", "gunicorn/error.log", "stderr"),
+    Log("app", "app/app.log", "stderr"),
+    Log("jobs", "jobs/consumer.log", "stderr"),
+)
+LOG_OF = {log.source: log for log in LOGS}
 
 
 @dataclass(frozen=True)
@@ -309,7 +360,29 @@ class Settings:
     job_queue_max: int
     job_lease_seconds: int
     job_result_ttl: int
+    job_result_max_bytes: int
+    schedule_timezone: str
+    jobs_token: str
     secret_key: str
+
+    # What follows from the variables, in one place.
+    @property
+    def logs_to_files(self) -> bool:
+        return self.log_target in ("files", "both")
+
+    @property
+    def logs_to_streams(self) -> bool:
+        return self.log_target in ("stdout", "both")
+
+    @property
+    def runs_web(self) -> bool:
+        """nginx and gunicorn run in this container."""
+        return self.role in ("all", "web")
+
+    @property
+    def runs_jobs(self) -> bool:
+        """The job consumer runs in this container."""
+        return self.role in ("all", "worker")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":

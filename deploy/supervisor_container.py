@@ -33,13 +33,13 @@ from supervisor import events, loggers
 from supervisor.process import FastCGIProcessGroup
 from supervisor.states import SupervisorStates
 
-from deploy.settings import Settings
+from deploy.settings import LOGS, Settings
 
 FATAL_EXIT_STATUS = 1
 # A program's stream -> the log its lines belong to; other programs' lines get the program's name.
-LOG_OF_STREAM = {("nginx", "stdout"): b"nginx.access", ("nginx", "stderr"): b"nginx.error"}
+LOG_OF_STREAM = {("nginx", log.stream): log.source.encode() for log in LOGS if log.program == "nginx"}
 # Lines that name their log already: the Python programs' (deploy/logs.py) in text on a stream.
-SELF_MARKED = (b"{", b"gunicorn.access ", b"gunicorn.error ", b"app ", b"jobs ")
+SELF_MARKED = (b"{", *(f"{log.source} ".encode() for log in LOGS if log.program != "nginx"))
 LONGEST_LINE = 1 << 20  # a line without its end past this is forwarded as it is
 
 
@@ -64,7 +64,7 @@ class ContainerBehaviour:
 
     def log_own_lines_to_stdout(self):
         # supervisord.conf sets `silent`: this is its only stdout handler.
-        marked = Settings.from_env().log_target != "files"
+        marked = Settings.from_env().logs_to_streams
         loggers.handle_stdout(self.supervisord.options.logger,
                               ("supervisord " if marked else "") + "%(asctime)s %(levelname)s %(message)s\n")
 

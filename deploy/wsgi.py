@@ -9,16 +9,18 @@ names, wrapped by the stack, so that every app gets the same guarantees without 
 - HealthMiddleware answers /healthz and /readyz for any app (deploy/health.py).
 - The request id nginx gave (X-Request-ID) is on every log line written while serving the
   request, whichever logger writes it (deploy/logs.py).
-- RequestMetrics counts and times the app's answers (deploy/metrics.py; METRICS_PORT=0: not).
+- RequestMetrics counts and times the app's answers (deploy/metrics/requests.py; METRICS_PORT=0: not).
 """
 
 import logging
 
+from gunicorn.errors import AppImportError
 from gunicorn.util import import_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from deploy.extension import StackExtension, stack_extension
 from deploy.health import HealthMiddleware
+from deploy.jobs.registry import TaskDefinitionError
 from deploy.logs import REQUEST_ID
 from deploy.settings import Settings
 from deploy.threads import size_thread_pool
@@ -36,7 +38,7 @@ def wrap(app, settings: Settings):
                                              for name in settings.allowed_hosts]
     size_thread_pool(settings.cpu_threads)
     if settings.metrics_port:
-        from deploy.metrics import RequestMetrics  # noqa: PLC0415  (prometheus-client only when counting)
+        from deploy.metrics.requests import RequestMetrics  # noqa: PLC0415  (prometheus-client only when counting)
         app = RequestMetrics(app, flask_app)
     wrapped = HealthMiddleware(with_request_id(app), flask_app, extension)
     return ProxyFix(wrapped, x_for=1, x_proto=1, x_host=1, x_port=1)
@@ -51,8 +53,13 @@ def with_request_id(app):
 
 
 def load():
-    """gunicorn's entry point, called in each worker: import APP_MODULE, wrap it."""
+    """gunicorn's entry point, called in each worker: import APP_MODULE, wrap it. A task defined
+    wrongly in the app stops gunicorn with its message alone (gunicorn prints an AppImportError
+    without a traceback)."""
     settings = Settings.from_env()
-    app = import_app(settings.app_module)
+    try:
+        app = import_app(settings.app_module)
+    except TaskDefinitionError as error:
+        raise AppImportError(f"APP_MODULE {settings.app_module}: {error}") from None
     log.info("serving %s", settings.app_module)
     return wrap(app, settings)

@@ -1,20 +1,19 @@
 """The fixtures: the stack's environment (app -> client), and the image (image -> containers).
 A test that uses the image is marked `container`; `pytest -m "not container"` runs the rest."""
 
+import contextlib
 import os
+import signal
 import subprocess
-from pathlib import Path
+import sys
 
 import pytest
 
-from app import create_app
-from deploy.settings import VARIABLES
+from deploy.settings import LOGS, VARIABLES
 from tests import figures
-from tests.containers import ContainerFactory, docker_available, user_owned_folder
+from tests.containers import ContainerFactory, docker_available, free_port, user_owned_folder, wait_until
+from tests.support import ROOT, build_image, in_ci, require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
-# pip reads these; forwarded to `docker build` so the image installs from the same mirror.
-PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX")
 # The example's own variables (app/config.py): scrubbed like the stack's.
 EXAMPLE_VARIABLES = ("JOB_MAX_SECONDS", "APP_VERSION")
 
@@ -31,7 +30,7 @@ def stack_environment(monkeypatch, tmp_path):
         folder = tmp_path / name.lower()
         folder.mkdir()
         monkeypatch.setenv(name, str(folder))
-    for program in ("nginx", "gunicorn", "app", "jobs"):  # as the entrypoint makes them
+    for program in {log.program for log in LOGS}:  # as the entrypoint makes them
         (tmp_path / "stack_log_dir" / program).mkdir()
     monkeypatch.setenv("JOB_MAX_SECONDS", "5")
     monkeypatch.setenv("BACKGROUND_TASKS_MAX", "4")
@@ -40,6 +39,7 @@ def stack_environment(monkeypatch, tmp_path):
 @pytest.fixture
 def app():
     """The example app, made as gunicorn makes it, from the test's environment."""
+    from app import create_app  # noqa: PLC0415  (the example only where a test asks for it: app/ may be gone)
     return create_app()
 
 
@@ -47,6 +47,62 @@ def app():
 def client(app):
     """Flask's test client for the app."""
     return app.test_client()
+
+
+@pytest.fixture
+def consumer(tmp_path):
+    """Starts `python -m deploy.jobs.consumer` with the test's environment (and GRACEFUL_TIMEOUT=1);
+    stops them all after the test, killing one that does not stop."""
+    started = []
+
+    def start(**environment):
+        env = {**os.environ, "GRACEFUL_TIMEOUT": "1", **environment}
+        log = open(tmp_path / f"consumer-{len(started)}.log", "w")
+        process = subprocess.Popen([sys.executable, "-m", "deploy.jobs.consumer"], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process.log_path = log.name
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGCONT)  # one the test stalled
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its process workers
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """Debian's redis-server on a free loopback port, for the Redis storage."""
+    import redis  # noqa: PLC0415  (the Redis cases only)
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen([require_tool("redis-server", "redis-server"), "--port", str(port), "--bind",
+                                "127.0.0.1", "--save", "", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: redis.Redis(port=port).ping(), 10, "redis-server answering")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def storage_environment(request, monkeypatch):
+    """The queue's storage for the test: SQLite (the default) or a real Redis, emptied first."""
+    if request.param == "redis":
+        import redis  # noqa: PLC0415
+        url = request.getfixturevalue("redis_server")
+        redis.Redis.from_url(url).flushdb()
+        monkeypatch.setenv("REDIS_URL", url)
+    return request.param
 
 
 def pytest_collection_modifyitems(items):
@@ -60,23 +116,12 @@ def image():
     """The image, built once from this checkout (or STACK_IMAGE, if given, as it is)."""
     if not docker_available():
         message = "no Docker engine answers `docker info`"
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"{message}: the container tests must run in CI")
         pytest.skip(message)
     if os.environ.get("STACK_IMAGE"):
         return os.environ["STACK_IMAGE"]
     return build_image("flask-stack:test", ROOT)
-
-
-def build_image(tag: str, context: Path, *build_args: str) -> str:
-    """`docker build` of `context`, with the mirror's variables passed on; fails with its output."""
-    mirror = [f"--build-arg={name}={os.environ[name]}" for name in PIP_BUILD_ARGS if name in os.environ]
-    # Host networking lets the build reach a mirror or wheelhouse served on the host's loopback.
-    command = ["docker", "build", "--network=host", *mirror, *build_args, "-t", tag, str(context)]
-    build = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    if build.returncode != 0:
-        pytest.fail(f"docker build of {context} failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}")
-    return tag
 
 
 @pytest.fixture

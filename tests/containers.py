@@ -197,31 +197,43 @@ class ContainerFactory:
 # --- The job API, from a Flask test client or over HTTP ------------------------------------
 
 class JobsClient:
-    """POST /jobs and GET /jobs/<id> through `request(method, path, body) -> (status, json)`."""
+    """The job API through `raw(method, path, body, headers) -> (status, json)`: a Flask test
+    client, or HTTP to a container; with JOBS_TOKEN's `token`, each request carries it."""
 
-    def __init__(self, request: Callable[[str, str, dict | None], tuple[int, dict]]):
-        self.request = request
+    def __init__(self, raw: Callable[[str, str, dict | None, dict], tuple[int, dict]], token: str | None = None):
+        self._raw = raw
+        self.token = token
+
+    def raw(self, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return self._raw(method, path, body, {**auth, **(headers or {})})
+
+    def request(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
+        return self.raw(method, path, body)
 
     @classmethod
-    def over_http(cls, port: Callable[[], int] | int) -> "JobsClient":
-        def request(method, path, body):
+    def over_http(cls, port: Callable[[], int] | int, token: str | None = None) -> "JobsClient":
+        def raw(method, path, body, headers):
             response = http_request(port() if callable(port) else port, path, method,
-                                    {"Content-Type": "application/json"},
-                                    None if body is None else json.dumps(body).encode())
+                                    {"Content-Type": "application/json", **headers},
+                                    None if body is None else json.dumps(body).encode(), timeout=90)
             return response.status, response.json()
-        return cls(request)
+        return cls(raw, token)
 
     @classmethod
-    def of_flask(cls, client) -> "JobsClient":
-        def request(method, path, body):
-            response = client.open(path, method=method, json=body)
+    def of_flask(cls, client, token: str | None = None) -> "JobsClient":
+        def raw(method, path, body, headers):
+            response = client.open(path, method=method, json=body, headers=headers)
             return response.status_code, response.json
-        return cls(request)
+        return cls(raw, token)
 
-    def submit(self, task: str, **args) -> dict:
-        status, record = self.request("POST", "/jobs", {"task": task, "args": args})
+    def submit_body(self, body: dict) -> dict:
+        status, record = self.request("POST", "/jobs", body)
         assert status == 202, record
         return record
+
+    def submit(self, task: str, **args) -> dict:
+        return self.submit_body({"task": task, "args": args})
 
     def record(self, job_id: str) -> dict:
         status, record = self.request("GET", f"/jobs/{job_id}", None)

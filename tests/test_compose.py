@@ -1,23 +1,16 @@
 """`docker compose up --build` with the project's compose.yaml serves the same stack."""
 
 import os
-import shutil
 import subprocess
 
-import pytest
-
-from tests.conftest import ROOT
 from tests.containers import Container, free_port, wait_for_line
+from tests.support import ROOT, require_tool
 
 
 def compose_command() -> list[str]:
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    if os.environ.get("CI") == "true":
-        pytest.fail("neither `docker compose` nor `docker-compose` is installed: CI must test compose.yaml")
-    pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    return [require_tool("docker-compose", "docker-compose")]
 
 
 def test_compose_up_serves_the_stack(image, log_dir, tmp_path):

@@ -2,7 +2,6 @@
 configuration becomes nginx's settings (checked by a real `nginx -t`) and shell lines."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from deploy.configure import nginx_http_settings, nginx_main_settings, nginx_server_settings
 from deploy.settings import Settings
+from tests.support import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,7 @@ def test_writes_the_nginx_settings_from_the_environment():
 
 
 def test_nginx_accepts_what_it_writes(tmp_path):
-    if not shutil.which("nginx"):
-        pytest.fail("this test needs nginx: apt-get install nginx")
+    require_tool("nginx", "nginx")
     static = tmp_path / "static"
     static.mkdir()
     assert configure(TRUSTED_PROXIES="10.0.0.0/8", STATIC_PATH=str(static), ALLOWED_HOSTS="a.example,*.b.example",

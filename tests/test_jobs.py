@@ -1,54 +1,36 @@
-"""The job queue: its API with Flask's test client, real consumer processes
-(`python -m deploy.jobs.consumer`), and the records' status diagram on SQLite and on a real
-Redis server."""
+"""The job queue's API with Flask's test client and real consumer processes
+(`python -m deploy.jobs.consumer`), on SQLite and on a real Redis server: submitting,
+listing, waiting, canceling, retrying, idempotency, auth, and the bad requests."""
 
-import os
-import random
-import shutil
+import base64
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 from flask import Flask
 
 from app import create_app
 from deploy import init_app
-from deploy.jobs.queue import JobNotCancelable, JobQueue
-from deploy.jobs.registry import TaskRegistry
-from deploy.settings import Settings
-from tests import figures
-from tests.conftest import ROOT
-from tests.containers import TERMINAL, JobsClient, free_port, wait_until
-
-
-@pytest.fixture
-def consumer(tmp_path):
-    """Starts `python -m deploy.jobs.consumer` with the test's environment; stops it after the test."""
-    started = []
-
-    def start(**environment):
-        env = {**os.environ, "GRACEFUL_TIMEOUT": "1", **environment}
-        log = open(tmp_path / f"consumer-{len(started)}.log", "w")
-        process = subprocess.Popen([sys.executable, "-m", "deploy.jobs.consumer"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
-        process.log_path = log.name
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=15)
+from deploy.jobs.registry import TaskDefinitionError, TaskRegistry
+from tests import job_tasks
+from tests.containers import TERMINAL, JobsClient, wait_until
+from tests.support import ROOT
 
 
 @pytest.fixture
 def jobs_client(client):
     return JobsClient.of_flask(client)
+
+
+@pytest.fixture
+def tasks_client():
+    """The API of an app that knows tests/job_tasks.py's tasks (on SQLite, or on the storage of
+    `storage_environment` when the test uses it first)."""
+    return JobsClient.of_flask(job_tasks.create_app().test_client())
 
 
 def test_a_job_runs_and_its_result_is_kept(client, jobs_client, consumer):
@@ -78,8 +60,18 @@ def test_the_cpu_bound_task_runs_as_a_job_in_every_worker_process(jobs_client, c
     assert process.wait(timeout=10) == 0  # and it stops, its workers too
 
 
+def test_greenlet_workers_run_waiting_jobs_side_by_side(tasks_client, consumer):
+    consumer(JOB_MODULES="tests.job_tasks", JOB_WORKER_TYPE="greenlet", JOB_WORKERS="4")
+    jobs = [tasks_client.submit("sleepy", seconds=2)["id"] for _ in range(4)]
+    records = [tasks_client.wait_for_status(job, deadline=30) for job in jobs]
+    assert {record["status"] for record in records} == {"done"}
+    starts = sorted(datetime.fromisoformat(record["started_at"]) for record in records)
+    ends = sorted(datetime.fromisoformat(record["finished_at"]) for record in records)
+    assert ends[0] > starts[-1], "the four waits overlapped in one process (gevent patched the consumer)"
+
+
 @pytest.mark.parametrize("body, message", [
-    ({"task": "nope"}, "unknown task 'nope'; tasks: digest, job1, job2"),
+    ({"task": "nope"}, "unknown task 'nope'; tasks: "),  # then the registered ones
     ({"args": {}}, "unknown task None"),
     ({"task": "job2", "args": {"arg1": "a"}}, "missing argument arg2; job2 takes arg1 (a string), arg2 (a string), seconds (a number, optional)"),
     ({"task": "job1", "args": {"sekonds": 1}}, "unknown argument sekonds; job1 takes seconds (a number, optional)"),
@@ -91,6 +83,13 @@ def test_the_cpu_bound_task_runs_as_a_job_in_every_worker_process(jobs_client, c
     ({"task": "digest", "args": {"rounds": 0}}, "rounds must be a whole number from 1 to 5000000"),
     ({"task": "job1", "args": [1]}, "args must be a JSON object"),
     ([1, 2], "the body must be a JSON object"),
+    ({"task": "job1", "when": 5}, "unknown field 'when'; the body takes task, args, delay, run_at"),
+    ({"task": "job1", "delay": -1}, "delay must be a number of seconds from 0 to 31622400"),
+    ({"task": "job1", "delay": "soon"}, "delay must be a number of seconds"),
+    ({"task": "job1", "delay": 1, "run_at": "2030-01-01T00:00:00Z"}, "give delay or run_at, not both"),
+    ({"task": "job1", "run_at": "2030-01-01T00:00:00"}, "run_at must be an ISO 8601 time with its offset"),
+    ({"task": "job1", "run_at": "tomorrow"}, "run_at must be an ISO 8601 time with its offset"),
+    ({"task": "job1", "run_at": "2999-01-01T00:00:00Z"}, "run_at must be within 366 days"),
 ])
 def test_bad_requests_are_400_naming_what_is_accepted(client, body, message):
     response = client.post("/jobs", json=body)
@@ -106,10 +105,23 @@ def test_a_body_that_is_not_json_is_400(client):
         assert "JSON object" in response.json["message"]
 
 
+@pytest.mark.parametrize("query, message", [
+    ("status=lost", "status must be one of scheduled, queued, running, done, failed, interrupted, canceled"),
+    ("limit=0", "limit must be a whole number from 1 to 500"),
+    ("limit=501", "limit must be a whole number from 1 to 500"),
+    ("cursor=bm9wZQ", "cursor 'bm9wZQ' is not one that GET /jobs gave"),
+    ("page=2", "unknown query argument 'page'; this takes status, task, limit, cursor"),
+])
+def test_bad_listing_queries_are_400(client, query, message):
+    response = client.get(f"/jobs?{query}")
+    assert (response.status_code, response.json["message"]) == (400, message)
+
+
 def test_unknown_ids_are_404(client):
     for job_id in ("0b7e1f4c-3c44-4f9a-9a51-2a8d7b0c9e11", "not-an-id", "../../etc/passwd"):
         assert client.get(f"/jobs/{job_id}").status_code == 404
         assert client.delete(f"/jobs/{job_id}").status_code == 404
+        assert client.post(f"/jobs/{job_id}/retry").status_code == 404
 
 
 def test_every_error_of_the_jobs_api_is_json_in_an_app_with_html_errors():
@@ -117,7 +129,8 @@ def test_every_error_of_the_jobs_api_is_json_in_an_app_with_html_errors():
     init_app(app)
     client = app.test_client()
     for method, path, status in [("PUT", "/jobs", 405), ("POST", "/jobs/0b7e1f4c-3c44-4f9a-9a51-2a8d7b0c9e11", 405),
-                                 ("GET", "/jobs/a/b", 404), ("GET", "/jobs/nope", 404)]:
+                                 ("GET", "/jobs/a/b", 404), ("GET", "/jobs/nope", 404),
+                                 ("GET", "/jobs/nope?wait=1", 404), ("GET", "/jobs/schedules?x=1", 400)]:
         response = client.open(path, method=method)
         assert (response.status_code, response.is_json) == (status, True), (method, path)
     assert not client.get("/elsewhere").is_json  # the app's own errors stay the app's
@@ -132,7 +145,7 @@ def test_a_queued_job_can_be_canceled_and_never_runs(client, jobs_client, consum
     jobs_client.wait_for_status(marker["id"], {"done"})
     assert jobs_client.record(job["id"])["status"] == "canceled"
     again = client.delete(f"/jobs/{job['id']}")
-    assert again.status_code == 409 and "only a queued job can be canceled" in again.json["message"]
+    assert again.status_code == 409 and again.json["message"] == f"job {job['id']} is canceled: it has finished"
 
 
 def test_a_full_queue_is_503_with_retry_after(monkeypatch):
@@ -210,206 +223,204 @@ def test_jobs_of_a_task_registered_after_the_queue_was_made_are_accepted_and_run
         sys.modules.pop("late_tasks", None)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"retries": -1}, "task work: retries=-1: expected a whole number, at least 0"),
+    ({"retry_backoff": 0.5}, "task work: retry_backoff=0.5: expected a number, at least 1"),
+    ({"timeout": 0}, "task work: timeout=0: expected a number of seconds above 0"),
+    ({"timeout": True}, "task work: timeout=True: expected a number of seconds above 0"),
+])
+def test_a_task_defined_wrongly_is_refused_naming_it(options, message):
+    with pytest.raises(TaskDefinitionError) as refused:
+        @TaskRegistry().task(**options)
+        def work(value: int = 1):
+            pass
+    assert str(refused.value) == message
+
+
 def test_a_task_must_annotate_its_arguments():
-    with pytest.raises(TypeError, match=r"untyped\(value\): annotate it with str, int, float or bool"):
+    with pytest.raises(TaskDefinitionError, match=r"^task untyped: untyped\(value\): annotate it with str, int, "):
         @TaskRegistry().task()
         def untyped(value):
             pass
 
 
-def test_job_arguments_named_like_huey_options_reach_the_task():
-    registry = TaskRegistry()
-
-    @registry.task()
-    def options(id: str, retries: int, eta: str) -> list:
-        return [id, retries, eta]
-
-    queue = JobQueue(Settings.from_env(), registry)
-    job = queue.submit(*registry.validate("options", {"id": "x", "retries": 7, "eta": "soon"}, {}))
-    queue.huey.execute(queue.huey.dequeue())
-    assert queue.record(job["id"])["result"] == ["x", 7, "soon"]
-
-
-# --- The records' status diagram, on SQLite and on a real Redis ----------------------------
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """Debian's redis-server on a free loopback port, for the Redis storage."""
-    if not shutil.which("redis-server"):
-        pytest.fail("the Redis cases need redis-server: apt-get install redis-server")
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: redis.Redis(port=port).ping(), 10, "redis-server answering")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def storage_environment(request, monkeypatch):
-    """The queue's storage for the test: SQLite (the default) or a real Redis, emptied first."""
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_server")
-        redis.Redis.from_url(url).flushdb()
-        monkeypatch.setenv("REDIS_URL", url)
-    return request.param
-
-
-@pytest.fixture
-def flaky_queue(storage_environment):
-    """A queue with one task, `flaky`, that fails its first `fail_times` attempts."""
-    registry = TaskRegistry()
-    calls = []
-
-    @registry.task(retries=1)
-    def flaky(fail_times: int) -> str:
-        calls.append(1)
-        if len(calls) <= fail_times:
-            raise RuntimeError(f"attempt {len(calls)} failed")
-        return "ok"
-
-    queue = JobQueue(Settings.from_env(), registry)
-    queue.calls = calls
-    return queue
-
-
-def run_next(queue: JobQueue) -> None:
-    queue.huey.execute(queue.huey.dequeue())
-
-
-def test_a_failing_task_fails_with_its_error_and_is_retried_when_it_declares_retries(flaky_queue):
-    queue, registry = flaky_queue, flaky_queue.registry
-    retried = queue.submit(*registry.validate("flaky", {"fail_times": 1}, {}))
-    run_next(queue)
-    assert queue.record(retried["id"])["status"] == "queued"  # handed back for its retry
-    assert queue.record(retried["id"])["attempt"] == 2
-    run_next(queue)
-    assert queue.record(retried["id"])["status"] == "done"
-    assert queue.record(retried["id"])["result"] == "ok"
-
-    queue.calls.clear()
-    failed = queue.submit(*registry.validate("flaky", {"fail_times": 5}, {}))
-    run_next(queue)
-    run_next(queue)
-    record = queue.record(failed["id"])
-    assert record["status"] == "failed"
-    assert record["error"] == "RuntimeError: attempt 2 failed"
-
-
-def test_a_lost_job_is_queued_again_while_its_task_has_retries_then_interrupted(flaky_queue):
-    queue, registry = flaky_queue, flaky_queue.registry
-    job = queue.submit(*registry.validate("flaky", {"fail_times": 0}, {}))
-    for attempt, status in ((1, "queued"), (2, "interrupted")):
-        message = queue.huey.dequeue()
-        queue.huey._run_pre_execute(message)  # a consumer starts it, holds its lease, then is lost
-        queue._release_lease(message.id)
-        assert queue.record(job["id"])["status"] == "running"
-        assert queue.end_lost_job(job["id"], "lost", only_if_expired=False) == status
-        assert queue.record(job["id"])["attempt"] == attempt + (status == "queued")
-    assert queue.huey.pending_count() == 0  # the second loss used the last retry: nothing queued
-    assert queue.record(job["id"])["error"] == "lost"
-
-
-def test_an_expired_lease_is_ended_by_any_consumer_and_a_live_one_is_not(flaky_queue, monkeypatch):
-    queue, registry = flaky_queue, flaky_queue.registry
-    monkeypatch.setattr(queue, "lease_seconds", 0.2)
-    job = queue.submit(*registry.validate("flaky", {"fail_times": 0}, {}))
-    message = queue.huey.dequeue()
-    queue.huey._run_pre_execute(message)  # a consumer starts it and holds its lease for 0.2 s
-    queue._release_lease(message.id)      # ... and renews it by hand below
-    assert queue.end_expired_leases() == []
-    queue.records.renew([job["id"]], queue.records.now() + 60)
-    time.sleep(0.3)
-    assert queue.end_expired_leases() == []  # renewed
-    queue.records.renew([job["id"]], queue.records.now() - 1)
-    assert queue.end_expired_leases() == [job["id"]]
-    assert queue.record(job["id"])["status"] == "queued"  # retried: its task declares one retry
-    assert queue.end_expired_leases() == []  # ended once
-
-
-def test_finished_records_expire_after_the_ttl_and_live_ones_never(flaky_queue, monkeypatch):
-    queue, registry = flaky_queue, flaky_queue.registry
-    monkeypatch.setattr(queue.records, "result_ttl", 1)
-    done = queue.submit(*registry.validate("flaky", {"fail_times": 0}, {}))
-    run_next(queue)
-    waiting = queue.submit(*registry.validate("flaky", {"fail_times": 0}, {}))
-    assert queue.record(done["id"])["status"] == "done"
-
-    def expired():
-        queue.records.delete_expired(queue.records.now())  # the consumer's cleanup (Redis expires by itself)
-        return queue.record(done["id"]) is None
-    wait_until(expired, 5, "the finished record deleted after its TTL")
-    assert queue.record(waiting["id"])["status"] == "queued"
-
-
-def test_counts_of_live_jobs_by_task_and_the_oldest_queued(flaky_queue):
-    queue, registry = flaky_queue, flaky_queue.registry
-    assert queue.records.live_counts() == {} or all(n == 0 for n in queue.records.live_counts().values())
-    assert queue.records.oldest_queued() is None
-    first = queue.submit(*registry.validate("flaky", {"fail_times": 0}, {}))
-    queue.submit(*registry.validate("flaky", {"fail_times": 0}, {}))
-    message = queue.huey.dequeue()
-    queue.huey._run_pre_execute(message)
-    queue._release_lease(message.id)
-    counts = {key: n for key, n in queue.records.live_counts().items() if n}
-    assert counts == {("queued", "flaky"): 1, ("running", "flaky"): 1}
-    assert queue.records.now() - queue.records.oldest_queued() < 5
-    assert queue.record(first["id"])["status"] == "running"
-
-
-def test_a_cancel_racing_a_consumer_start_leaves_a_possible_record_every_time(storage_environment):
-    # The web side and the consumer side each with their own connection to the store, as in
-    # two processes; each round releases both at once.
-    registry = TaskRegistry()
-    ran = []
-
-    @registry.task()
-    def work(n: int) -> int:
-        ran.append(n)
-        return n
-
-    web, consumer = JobQueue(Settings.from_env(), registry), JobQueue(Settings.from_env(), registry)
-    rounds, outcomes = 60, Counter()
-    for n in range(rounds):
-        job = web.submit(*registry.validate("work", {"n": n}, {}))
-        message = consumer.huey.dequeue()
-        both_ready = threading.Barrier(2)
-        canceled = {}
-
-        def cancel(job_id, both_ready, canceled):
-            both_ready.wait()
-            time.sleep(random.uniform(0, 0.003))  # either side may win the round
-            try:
-                canceled["record"] = web.cancel(job_id)
-            except JobNotCancelable:
-                canceled["record"] = None
-
-        racer = threading.Thread(target=cancel, args=(job["id"], both_ready, canceled))
-        racer.start()
-        both_ready.wait()
-        time.sleep(random.uniform(0, 0.003))
-        consumer.huey.execute(message)
-        racer.join()
-        record = web.record(job["id"])
-        if canceled["record"] is not None:  # the cancel won: the job never ran
-            assert (record["status"], n in ran, record["started_at"]) == ("canceled", False, None), record
-        else:  # the start won: the cancel was refused, the job ran once and is done
-            assert (record["status"], ran.count(n), record["result"]) == ("done", 1, n), record
-        outcomes[record["status"]] += 1
-    assert set(outcomes) == {"canceled", "done"}, outcomes  # both sides won rounds: they raced
-    figures.record(f"cancel racing a consumer's start, {storage_environment}", rounds, 0,
-                   f"{outcomes['canceled']} canceled and never run, {outcomes['done']} refused (409) and run once: "
-                   "no other record")
-
-
 def test_the_consumer_imports_neither_the_web_server_nor_flask():
-    # Each module a resident process imports is memory it holds for good (issue 12's budget).
+    # Each module a resident process imports is memory it holds for good (the idle budget).
     imported = subprocess.run(
-        [sys.executable, "-c", "import sys, deploy.jobs.consumer; "
+        [sys.executable, "-c", "import sys, deploy.jobs.consumer, deploy.jobs.scheduling, deploy.jobs.queue; "
                                "print(' '.join(m for m in ('gunicorn', 'flask') if m in sys.modules))"],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert imported == []
+
+
+# --- Listing ---------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("storage_environment")
+def test_the_listing_is_newest_first_and_filters_by_status_and_task(tasks_client):
+    made = [tasks_client.submit("sleepy", seconds=0)["id"] for _ in range(3)]
+    made += [tasks_client.submit("sized", size=1)["id"] for _ in range(2)]
+    status, canceled = tasks_client.request("DELETE", f"/jobs/{made[1]}", None)
+    assert status == 200
+    status, page = tasks_client.request("GET", "/jobs", None)
+    assert status == 200 and page["next"] is None
+    assert [job["id"] for job in page["jobs"]] == made[::-1]
+    assert [job["id"] for job in tasks_client.request("GET", "/jobs?task=sized", None)[1]["jobs"]] == made[:2:-1]
+    assert [job["id"] for job in tasks_client.request("GET", "/jobs?status=canceled", None)[1]["jobs"]] == [made[1]]
+    both = tasks_client.request("GET", "/jobs?status=queued&task=sleepy", None)[1]["jobs"]
+    assert [job["id"] for job in both] == [made[2], made[0]]
+
+
+@pytest.mark.usefixtures("storage_environment")
+def test_pages_never_repeat_or_skip_a_job_while_others_are_added(tasks_client):
+    made = [tasks_client.submit("sleepy", seconds=0)["id"] for _ in range(25)]
+    seen, cursor, added = [], None, []
+    while True:
+        status, page = tasks_client.request("GET", "/jobs?limit=4" + (f"&cursor={cursor}" if cursor else ""), None)
+        assert status == 200
+        seen += [job["id"] for job in page["jobs"]]
+        added.append(tasks_client.submit("sleepy", seconds=0)["id"])  # newer than every page: never in them
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == made[::-1]
+    assert not set(added) & set(seen)
+
+
+# --- Later, waiting, retrying, idempotency -----------------------------------------------------
+
+def test_a_delayed_job_is_scheduled_then_queued_at_its_time_and_runs(tasks_client, consumer):
+    consumer(JOB_MODULES="tests.job_tasks")
+    job = tasks_client.submit_body({"task": "sleepy", "args": {"seconds": 0}, "delay": 2})
+    assert job["status"] == "scheduled"
+    delay = datetime.fromisoformat(job["run_at"]) - datetime.fromisoformat(job["created_at"])
+    assert abs(delay - timedelta(seconds=2)) <= timedelta(milliseconds=1)  # each time is to the millisecond
+    time.sleep(1)
+    assert tasks_client.record(job["id"])["status"] == "scheduled"
+    record = tasks_client.wait_for_status(job["id"], {"done"}, deadline=10)
+    assert datetime.fromisoformat(record["started_at"]) >= datetime.fromisoformat(job["run_at"])
+
+    at = (datetime.now(UTC) + timedelta(seconds=60)).replace(microsecond=0).isoformat()
+    later = tasks_client.submit_body({"task": "sleepy", "args": {"seconds": 0}, "run_at": at})
+    assert later["status"] == "scheduled" and datetime.fromisoformat(later["run_at"]) == datetime.fromisoformat(at)
+    status, canceled = tasks_client.request("DELETE", f"/jobs/{later['id']}", None)
+    assert (status, canceled["status"]) == (200, "canceled")
+
+
+def test_a_wait_answers_when_the_job_ends_or_when_its_time_is_up(tasks_client, consumer):
+    consumer(JOB_MODULES="tests.job_tasks")
+    job = tasks_client.submit("sleepy", seconds=1)
+    started = time.monotonic()
+    status, record = tasks_client.request("GET", f"/jobs/{job['id']}?wait=20", None)
+    assert (status, record["status"]) == (200, "done")
+    assert time.monotonic() - started < 5
+    long_job = tasks_client.submit("sleepy", seconds=30)
+    started = time.monotonic()
+    status, record = tasks_client.request("GET", f"/jobs/{long_job['id']}?wait=1.5", None)
+    assert status == 200 and record["status"] in ("queued", "running")
+    assert 1.5 <= time.monotonic() - started < 3
+    for bad in ("61", "-1", "soon"):
+        status, body = tasks_client.request("GET", f"/jobs/{long_job['id']}?wait={bad}", None)
+        assert (status, body["message"]) == (400, "wait must be a number of seconds from 0 to 60")
+
+
+@pytest.mark.usefixtures("storage_environment")
+def test_a_wait_outlives_a_consumer_restart(tasks_client, consumer):
+    first = consumer(JOB_MODULES="tests.job_tasks", JOB_LEASE_SECONDS="3")
+    job = tasks_client.submit("sleepy", seconds=30)
+    tasks_client.wait_for_status(job["id"], {"running"})
+    answer = {}
+    waiting = threading.Thread(target=lambda: answer.update(
+        zip(("status", "record"), tasks_client.request("GET", f"/jobs/{job['id']}?wait=30", None), strict=True)))
+    waiting.start()
+    first.kill()
+    first.wait(timeout=5)
+    consumer(JOB_MODULES="tests.job_tasks", JOB_LEASE_SECONDS="3")  # ends the lost job, within its lease
+    waiting.join(timeout=30)
+    assert answer["status"] == 200 and answer["record"]["status"] == "interrupted", answer
+
+
+def test_a_failed_job_retries_with_backoff_then_can_be_retried_by_request(tasks_client, consumer, tmp_path):
+    consumer(JOB_MODULES="tests.job_tasks")
+    marker = tmp_path / "attempts"
+    job = tasks_client.submit("fails", marker=str(marker))  # retries=2, retry_delay=1, retry_backoff=2
+    waiting = {}
+
+    def failed_for_good():
+        record = tasks_client.record(job["id"])
+        if record["status"] == "scheduled":  # a retry's wait: seen with its run_at
+            waiting.setdefault(record["attempt"], record)
+        return record["status"] == "failed" and record
+    record = wait_until(failed_for_good, 20, "the job failed after its retries", interval=0.05)
+    assert (record["attempt"], marker.read_text(), record["error"]) == (3, "3", "RuntimeError: attempt 3 failed")
+    assert set(waiting) == {2, 3}, "each retry waits as `scheduled`, with its run_at"
+    assert waiting[2]["error"] == "attempt 1: RuntimeError: attempt 1 failed"
+    run_at = {attempt: datetime.fromisoformat(waiting[attempt]["run_at"]) for attempt in waiting}
+    assert timedelta(seconds=1) <= run_at[2] - datetime.fromisoformat(job["created_at"]) < timedelta(seconds=3)
+    assert timedelta(seconds=2) <= run_at[3] - run_at[2] < timedelta(seconds=4)  # the delay doubled
+
+    marker.write_text("99")  # its next attempt is the 100th it counts: past `times`, it succeeds
+    status, again = tasks_client.request("POST", f"/jobs/{job['id']}/retry", None)
+    assert (status, again["status"], again["attempt"], again["id"], again["error"]) == (202, "queued", 4, job["id"],
+                                                                                        None)
+    done = tasks_client.wait_for_status(job["id"], {"done"})
+    assert (done["attempt"], done["result"]) == (4, 100)
+    status, refused = tasks_client.request("POST", f"/jobs/{job['id']}/retry", None)
+    assert status == 409 and refused["message"] == (f"job {job['id']} is done: only a failed, interrupted or "
+                                                    "canceled job can be retried")
+
+
+@pytest.mark.usefixtures("storage_environment")
+def test_the_same_idempotency_key_and_body_give_the_first_job_and_another_body_a_422(tasks_client):
+    body = {"task": "sleepy", "args": {"seconds": 0}}
+    first = tasks_client.raw("POST", "/jobs", body, {"Idempotency-Key": "order-42"})
+    again = tasks_client.raw("POST", "/jobs", body, {"Idempotency-Key": "order-42"})
+    assert (first[0], again[0]) == (202, 200)
+    assert again[1]["id"] == first[1]["id"]
+    other = tasks_client.raw("POST", "/jobs", {**body, "args": {"seconds": 1}}, {"Idempotency-Key": "order-42"})
+    assert other[0] == 422
+    assert other[1]["message"].startswith(f"Idempotency-Key 'order-42' was used (job {first[1]['id']}) for another")
+    fresh = tasks_client.raw("POST", "/jobs", body, {"Idempotency-Key": "order-43"})
+    assert fresh[0] == 202 and fresh[1]["id"] != first[1]["id"]
+    bad = tasks_client.raw("POST", "/jobs", body, {"Idempotency-Key": "has space"})
+    assert bad[0] == 400 and "Idempotency-Key must be 1 to 255 printable ASCII" in bad[1]["message"]
+
+
+def test_a_result_larger_than_the_limit_or_not_json_fails_the_job_saying_so(tasks_client, consumer):
+    consumer(JOB_MODULES="tests.job_tasks", JOB_RESULT_MAX_BYTES="1k")
+    small = tasks_client.wait_for_status(tasks_client.submit("sized", size=100)["id"])
+    large = tasks_client.wait_for_status(tasks_client.submit("sized", size=5000)["id"])
+    odd = tasks_client.wait_for_status(tasks_client.submit("unjsonable")["id"])
+    assert (small["status"], small["result"]) == ("done", "x" * 100)
+    assert large["status"] == "failed" and large["result"] is None
+    assert large["error"] == "its result is 5002 bytes, more than JOB_RESULT_MAX_BYTES (1024)"
+    assert odd["status"] == "failed" and odd["error"].startswith("its result is not JSON: Object of type set")
+
+
+# --- Auth -------------------------------------------------------------------------------------
+
+def test_with_a_token_every_jobs_request_needs_it(monkeypatch):
+    monkeypatch.setenv("JOBS_TOKEN", "t" * 32)
+    client = job_tasks.create_app().test_client()
+    for method, path in [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/jobs/schedules"),
+                         ("GET", "/jobs/0b7e1f4c-3c44-4f9a-9a51-2a8d7b0c9e11"), ("POST", "/jobs/x/retry")]:
+        missing = client.open(path, method=method)
+        assert (missing.status_code, missing.is_json) == (401, True), path
+        assert missing.json["message"] == "this needs the jobs token (JOBS_TOKEN): Authorization: Bearer <token>"
+        wrong = client.open(path, method=method, headers={"Authorization": "Bearer " + "u" * 32})
+        assert (wrong.status_code, wrong.json["message"]) == (401, "the token is not the jobs token (JOBS_TOKEN)")
+    page = client.get("/jobs/dashboard")  # a page for people: its refusal too
+    assert (page.status_code, page.content_type) == (401, "text/html; charset=utf-8")
+    assert b"this needs the jobs token (JOBS_TOKEN)" in page.data
+    assert client.get("/jobs").headers["WWW-Authenticate"] == "Bearer realm=jobs"
+    assert client.get("/jobs/dashboard").headers["WWW-Authenticate"] == "Basic realm=jobs"
+    assert client.get("/jobs", headers={"Authorization": "Bearer " + "t" * 32}).status_code == 200
+    basic = base64.b64encode(b"anyone:" + b"t" * 32).decode()
+    assert client.get("/jobs", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    assert client.get("/jobs/dashboard", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+
+
+def test_without_a_token_the_api_is_open_and_the_dashboard_off():
+    client = job_tasks.create_app().test_client()
+    assert client.get("/jobs").status_code == 200
+    off = client.get("/jobs/dashboard")
+    assert off.status_code == 404 and b"The jobs dashboard is off: it needs a token" in off.data

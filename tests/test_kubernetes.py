@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from app import config as example_config
-from deploy.configure import log_files
 from deploy.health import PATHS
 from deploy.settings import VARIABLES, Settings
 
@@ -401,7 +400,7 @@ def test_the_writable_mounts_are_exactly_the_folders_the_image_writes(role, tmp_
     # As the container test with --read-only: the run folder (tmpfs), /tmp (Python's temporary
     # files) and the data folder; the log folder only when the logs go to files.
     needed = {settings.stack_run_dir, "/tmp", settings.stack_data_dir}
-    needed |= {settings.stack_log_dir} if log_files(settings) else set()
+    needed |= {settings.stack_log_dir} if settings.logs_to_files else set()
     volumes = {volume["name"]: volume for volume in pod(deployment)["volumes"]}
     mounts = container(deployment)["volumeMounts"]
     writable = {mount["mountPath"]: volumes[mount["name"]] for mount in mounts if not mount.get("readOnly")}

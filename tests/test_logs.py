@@ -20,8 +20,8 @@ from deploy.logs import (
     logging_config,
 )
 from deploy.settings import Settings
+from tests.support import ISO_TIME
 
-ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
 HOSTILE = 'quote " backslash \\ newline \n return \r tab \t nul \x00 bell \x07 del \x7f latin-1 \xff\xfe ok'
 
 

@@ -4,7 +4,6 @@ access line of a burst whole on `docker logs`, and Prometheus' own queries."""
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -15,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.containers import JobsClient, docker, free_port, wait_for_line, wait_until
+from tests.support import ISO_TIME, require_tool
 
 REQUIRED = {"time", "level", "source", "message"}
 ACCESS_FIELDS = {"method", "path", "status", "bytes", "duration", "client", "forwarded_for", "request_id"}
 JSON_LOGS = {"nginx/access.log": "nginx.access", "gunicorn/access.log": "gunicorn.access",
              "gunicorn/error.log": "gunicorn.error", "app/app.log": "app", "jobs/consumer.log": "jobs"}
-ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00")
 
 # Requests whose path, query and headers hold what must never break or forge a JSON line.
 HOSTILE_REQUESTS = [
@@ -135,8 +134,7 @@ def test_a_bad_log_or_metrics_variable_stops_the_container_naming_it(containers,
 @pytest.fixture
 def prometheus(tmp_path):
     """Debian's Prometheus on a free loopback port; `scrape(port)` points it at a metrics port."""
-    if not shutil.which("prometheus"):
-        pytest.fail("the metrics tests need Prometheus: apt-get install prometheus")
+    require_tool("prometheus", "prometheus")
     port, started = free_port(), []
 
     def scrape(target_port: int) -> str:

@@ -3,11 +3,8 @@ hostile input and 100k requests, each under a bounded load from a second process
 (tests/load.py, loopback only). Each case adds a row to the figures table printed at the end
 of the run (tests/figures.py)."""
 
-import http.client
 import json
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import figures
-from tests.conftest import ROOT
 from tests.containers import ContainerFactory, docker, user_owned_folder, wait_until
+from tests.support import ROOT, raw_request, require_tool
 
 LOAD_PATH = "/job1?seconds=0.1"  # each request waits inside gunicorn: there are always some in flight
 RECOVERY_BOUND = 5.0  # seconds from a kill -9 to the last failed request
@@ -385,18 +382,6 @@ HOSTILE = [
 ]
 
 
-def raw_request(port: int, data: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
-    """Sends `data` as it is; the answer's status, headers and body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        try:
-            sock.sendall(data)
-        except OSError:
-            pass  # the server answered and closed before reading it all: its answer is still there
-        response = http.client.HTTPResponse(sock, method=data.split(b" ", 1)[0].decode("latin-1"))
-        response.begin()
-        return response.status, response.headers, response.read()
-
-
 def is_json(content_type: str, body: bytes) -> bool:
     try:
         json.loads(body)
@@ -467,8 +452,7 @@ def container_rss_mib(container) -> float:
 def hammer(port: int, requests: int) -> int:
     """`ab`: `requests` requests, 32 at a time on keep-alive connections, within 150 s. Returns
     the failed ones."""
-    if not shutil.which("ab"):
-        pytest.fail("the memory case needs ab: apt-get install apache2-utils")
+    require_tool("ab", "apache2-utils")
     output = subprocess.run(
         ["ab", "-q", "-k", "-c", "32", "-t", "150", "-n", str(requests),
          f"http://127.0.0.1:{port}/job2?arg1=a&arg2=b&seconds=0"],
@@ -592,8 +576,7 @@ def test_docker_stop_and_restart_leave_no_traceback_and_no_crit_line(containers,
 
 def test_slowhttptest_cannot_starve_normal_clients(stack):
     # A real attack tool: slowloris (headers never finished) at 200 new connections a second.
-    if not shutil.which("slowhttptest"):
-        pytest.fail("this case needs slowhttptest: apt-get install slowhttptest")
+    require_tool("slowhttptest", "slowhttptest")
     attack = subprocess.Popen(["slowhttptest", "-H", "-c", "2000", "-r", "200", "-i", "5", "-l", "15",
                                "-u", f"http://127.0.0.1:{stack.port}/", "-p", "3", "-o", "/dev/null"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from tests import figures
-from tests.conftest import ROOT
 from tests.containers import TERMINAL, JobsClient, docker, free_port, http_request, wait_until
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.slow]
 

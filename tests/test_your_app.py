@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import pytest
 from simple_websocket import Client as WebSocketClient
 
-from tests.conftest import ROOT, build_image
 from tests.containers import ContainerFactory, JobsClient, user_owned_folder, wait_for_line
+from tests.support import ROOT, build_image
 
 MYSERVICE = ROOT / "tests" / "myservice"
 

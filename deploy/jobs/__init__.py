@@ -1,20 +1,24 @@
 """Durable jobs: what a module of tasks and an app use of the job queue.
 
-    from deploy.jobs import task             # @task(): a durable job, run by the consumer
-    init_app(app)                            # POST/GET/DELETE /jobs in any Flask app
+    from deploy.jobs import task, progress, init_app
+    @task()                                  # a durable job, run by the consumer
+    progress(0.4, "step 2 of 5")             # inside a task: how far it is (and a point to stop)
+    init_app(app)                            # the /jobs API in any Flask app
 
 Everything else an app uses of the stack is in the package `deploy` (its seam), which has
-these two as well. Only `task` is imported with this module, so a module of tasks stays
-importable by the job consumer without Flask; `init_app` is imported when first used.
+these as well. Each is imported when first used: importing this package costs nothing, so the
+job consumer (deploy/jobs/consumer.py) can let gevent patch the standard library before
+anything imports huey; `task` and `progress` need no Flask.
 """
 
-from deploy.jobs.registry import task
+import importlib
 
-__all__ = ["task", "init_app"]
+_NAMES = {"task": "deploy.jobs.registry", "progress": "deploy.jobs.running", "init_app": "deploy.jobs.api"}
+
+__all__ = list(_NAMES)
 
 
 def __getattr__(name: str):
-    if name == "init_app":
-        from deploy.jobs.api import init_app  # noqa: PLC0415  (Flask only for an app)
-        return init_app
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

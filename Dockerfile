@@ -50,6 +50,7 @@ RUN set -eux; \
     apt-get install -y --no-install-recommends \
         nginx \
         python3 \
+        tzdata \
     ; \
     apt-get clean; \
     # Not for a server (the image's budget is 150 MB): help()'s topics, debconf's old copies.

@@ -20,6 +20,7 @@ import gevent.subprocess  # noqa: F401
 import gevent.thread  # noqa: F401
 import gevent.threading  # noqa: F401
 import gevent.time  # noqa: F401
+from gunicorn.errors import HaltServer
 
 import deploy.jobs.api  # noqa: F401  (huey; and redis-py, with REDIS_URL: the Dockerfile)
 import deploy.wsgi  # noqa: F401
@@ -86,6 +87,30 @@ skip_unused_record_fields()
 
 
 # --- Hooks ----------------------------------------------------------------------------
+def on_starting(server):
+    """Two corrections to gunicorn's master for the container:
+    - The listening socket is supervisord's, kept across gunicorn's restarts: gunicorn must not
+      unlink its path when it stops, or nginx could not reach the next gunicorn. gunicorn leaves
+      the path of a socket it was handed by systemd, and that flag does nothing else here (it
+      would matter only to a USR2 re-exec, which supervisord's gunicorn never does).
+    - When the app cannot load, every worker exits with the same error. gunicorn halts at the
+      first and, reaping the next while it stops, raises the same HaltServer again, out of its
+      halt: a traceback after the app's own message. Halting, the others' exits are expected."""
+    server.systemd = True
+    halt, reap_workers = server.halt, server.reap_workers
+
+    def reap_while_halting():
+        try:
+            reap_workers()
+        except HaltServer:
+            pass
+
+    def halt_once(reason=None, exit_status=0):
+        server.reap_workers = reap_while_halting
+        halt(reason, exit_status)
+    server.halt = halt_once
+
+
 def pre_fork(server, worker):
     """What the master holds stays out of its workers' garbage collections, which would touch
     (and so copy) every object's page."""

@@ -231,6 +231,10 @@ def main(argv: list[str]) -> int:
             print("warning: ALLOWED_HOSTS is not set: requests for any Host reach the app, which then builds "
                   "absolute URLs (redirects, links in mails) with the client's Host; set it to your names",
                   file=sys.stderr)
+        if not settings.jobs_token and settings.runs_web:
+            print("warning: JOBS_TOKEN is not set: anyone who reaches port 80 can queue, read and cancel jobs "
+                  "under /jobs, and the jobs dashboard is off; set JOBS_TOKEN (or JOBS_TOKEN_FILE)",
+                  file=sys.stderr)
     print(shell_lines(settings))
     return 0
 

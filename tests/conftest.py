@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
 from deploy.settings import LOGS, VARIABLES
 from tests import figures
-from tests.containers import ContainerFactory, docker_available, free_port, user_owned_folder, wait_until
-from tests.support import ROOT, build_image, in_ci, require_tool
+from tests.containers import ContainerFactory, docker, docker_available, free_port, user_owned_folder, wait_until
+from tests.support import ROOT, build_image, in_ci, redis_image, require_tool
 
 # The example's own variables (app/config.py): scrubbed like the stack's.
 EXAMPLE_VARIABLES = ("JOB_MAX_SECONDS", "APP_VERSION")
@@ -131,6 +132,25 @@ def containers(image, request):
     yield factory
     failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
     factory.remove_all(print_logs=failed)
+
+
+@pytest.fixture
+def redis_network(image):
+    """A Docker network with Debian's redis-server in a container on it, named `redis`."""
+    redis = redis_image()
+    network = f"flask-stack-test-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", network)
+    try:
+        docker("run", "-d", "--name", f"{network}-redis", "--network", network, "--network-alias", "redis", redis)
+        yield network
+    finally:
+        docker("rm", "-f", f"{network}-redis", check=False)
+        # The test's containers may still be on it (the `containers` fixture removes them, with
+        # their logs if the test failed): take them off first, or the network stays behind.
+        on_it = docker("network", "inspect", "-f", "{{range $id, $_ := .Containers}}{{$id}} {{end}}", network)
+        for container in on_it.stdout.split():
+            docker("network", "disconnect", "-f", network, container)
+        docker("network", "rm", network)
 
 
 @pytest.fixture

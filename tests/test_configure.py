@@ -156,6 +156,11 @@ def test_per_client_limits_and_allowed_hosts():
             "    *.example.org 1;\n}") in limited
 
 
-def test_a_missing_allowed_hosts_is_a_warning_at_start():
-    assert "warning: ALLOWED_HOSTS is not set" in configure().stderr
-    assert configure(ALLOWED_HOSTS="api.example.com").stderr == ""
+def test_a_missing_allowed_hosts_or_jobs_token_is_a_warning_at_start():
+    warnings = configure().stderr
+    assert "warning: ALLOWED_HOSTS is not set" in warnings
+    assert "warning: JOBS_TOKEN is not set: anyone who reaches port 80 can queue, read and cancel jobs" in warnings
+    assert configure(ALLOWED_HOSTS="api.example.com", JOBS_TOKEN="t" * 20).stderr == ""
+    assert configure(ROLE="worker").stderr == ""  # a worker serves neither
+    refused = configure(JOBS_TOKEN="short").stderr
+    assert "JOBS_TOKEN='short' is not valid: expected at least 16 printable ASCII" in refused

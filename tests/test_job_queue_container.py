@@ -5,12 +5,9 @@ import re
 import statistics
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
-from tests.containers import JobsClient, docker, wait_until
+from tests.containers import JobsClient, wait_until
 
 
 def jobs_of(container) -> JobsClient:
@@ -85,35 +82,6 @@ def test_healthz_keeps_answering_while_cpu_work_saturates_every_worker(container
     print(f"GET /healthz while /cpu saturates 2 workers: {len(latencies)} requests, "
           f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     assert p99 < 0.5, f"p99 {p99:.3f} s: the event loop was blocked"
-
-
-REDIS_IMAGE = "flask-stack-test-redis"
-REDIS_DOCKERFILE = """FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/*
-USER redis
-CMD ["redis-server", "--protected-mode", "no", "--save", ""]
-"""
-
-
-@pytest.fixture
-def redis_network(image):
-    """A Docker network with Debian's redis-server in a container on it, named `redis`."""
-    build = docker("build", "--network=host", "-t", REDIS_IMAGE, "-", input_text=REDIS_DOCKERFILE, timeout=600)
-    assert build.returncode == 0, build.stderr
-    network = f"flask-stack-test-{uuid.uuid4().hex[:8]}"
-    docker("network", "create", network)
-    try:
-        docker("run", "-d", "--name", f"{network}-redis", "--network", network, "--network-alias", "redis",
-               REDIS_IMAGE)
-        yield network
-    finally:
-        docker("rm", "-f", f"{network}-redis", check=False)
-        # The test's containers may still be on it (the `containers` fixture removes them, with
-        # their logs if the test failed): take them off first, or the network stays behind.
-        on_it = docker("network", "inspect", "-f", "{{range $id, $_ := .Containers}}{{$id}} {{end}}", network)
-        for container in on_it.stdout.split():
-            docker("network", "disconnect", "-f", network, container)
-        docker("network", "rm", network)
 
 
 def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis_network, tmp_path):

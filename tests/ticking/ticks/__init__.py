@@ -1,0 +1,1 @@
+"""Scheduled tasks for the container tests: one module each, chosen with JOB_MODULES."""

@@ -1,0 +1,6 @@
+from deploy import task
+
+
+@task(cron="61 * * * *")
+def cleanup() -> None:
+    pass

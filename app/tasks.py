@@ -36,6 +36,7 @@ def wait(seconds: float) -> None:
     while (left := end - time.monotonic()) > 0:
         progress(1 - left / seconds, f"{left:.1f} s left")
         time.sleep(min(left, PROGRESS_EVERY))
+    progress(1, f"waited {seconds:g} s")
 
 
 @task(check=check_seconds)

@@ -134,6 +134,12 @@ def containers(image, request):
     factory.remove_all(print_logs=failed)
 
 
+@pytest.fixture(scope="session")
+def ticking_image(image):
+    """The image under test with tests/ticking/ticks: scheduled tasks, chosen by JOB_MODULES."""
+    return build_image("flask-stack-test-ticking", ROOT / "tests" / "ticking", f"--build-arg=STACK_IMAGE={image}")
+
+
 @pytest.fixture
 def redis_network(image):
     """A Docker network with Debian's redis-server in a container on it, named `redis`."""

@@ -116,6 +116,20 @@ def test_an_expired_lease_is_ended_by_any_consumer_and_a_live_one_is_not(flaky_q
     assert queue.end_expired_leases() == []  # ended once
 
 
+def test_a_change_while_a_job_runs_keeps_its_lease(flaky_queue):
+    """Progress or a cancel asked changes the record of a running job, not its lease: neither
+    shortened (another consumer would reap it) nor dropped (a lost consumer's job never would be)."""
+    queue = flaky_queue
+    job = submit(queue, "flaky", fail_times=0)
+    _, attempt = start_next(queue)
+    lease_end = queue.store.now() + queue.settings.job_lease_seconds
+    assert queue.store.change(job["id"], ("running",), {"progress": {"fraction": 0.5, "message": "half"}},
+                              attempt=attempt).changed
+    assert queue.cancel(job["id"])[1] is False  # asked: it runs on
+    assert queue.store.expired_leases(lease_end - 1) == []
+    assert [record["id"] for record in queue.store.expired_leases(lease_end + 1)] == [job["id"]]
+
+
 def test_finished_records_expire_after_the_ttl_and_live_ones_never(flaky_queue, monkeypatch):
     queue = flaky_queue
     monkeypatch.setattr(queue.store, "result_ttl", 1)

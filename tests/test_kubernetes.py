@@ -10,20 +10,24 @@ import importlib.resources
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
 from app import config as example_config
 from deploy.health import PATHS
+from deploy.jobs.registry import registry
+from deploy.jobs.ticks import Cron
 from deploy.settings import VARIABLES, Settings
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "k8s"
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 ROLES = ("web", "worker")  # each Deployment is named after the ROLE it runs
@@ -61,12 +65,18 @@ def find(kind: str, name: str) -> dict:
     return found[0]
 
 
-def pod(deployment: dict) -> dict:
-    return deployment["spec"]["template"]["spec"]
+def pod_template(workload: dict) -> dict:
+    """The pod template of a Deployment, or of a CronJob's Jobs."""
+    spec = workload["spec"]
+    return (spec["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else spec)["template"]
 
 
-def pod_labels(deployment: dict) -> dict:
-    return deployment["spec"]["template"]["metadata"]["labels"]
+def pod(workload: dict) -> dict:
+    return pod_template(workload)["spec"]
+
+
+def pod_labels(workload: dict) -> dict:
+    return pod_template(workload)["metadata"]["labels"]
 
 
 def container(deployment: dict) -> dict:
@@ -425,3 +435,47 @@ def test_cpu_and_memory_are_requested_and_limited(role):
     assert all("sizeLimit" in volume for volume in in_memory)
     tmpfs = sum(quantity(volume["sizeLimit"]) for volume in in_memory)
     assert quantity(limits["memory"]) - tmpfs >= quantity(requests["memory"])
+
+
+# --- A task on a fresh pod: the CronJob -------------------------------------------------------
+
+def test_the_cronjob_runs_a_registered_task_once_a_tick_on_a_pod_like_the_others(tmp_path):
+    cronjob = find("CronJob", "nightly-report")
+    spec = cronjob["spec"]
+    Cron(spec["schedule"])  # the consumers' own cron parser reads it: the same five fields
+    ZoneInfo(spec["timeZone"])
+    assert spec["concurrencyPolicy"] == "Forbid"  # no two runs at once, as the consumers' default
+    assert spec["startingDeadlineSeconds"] <= 3600  # a missed tick's grace, as the consumers' rule
+    assert pod(cronjob)["restartPolicy"] == "Never"
+    command = container(cronjob)["command"]
+    assert command[:3] == ["python3", "-m", "deploy.jobs.run_task"]
+    assert importlib.util.find_spec("deploy.jobs.run_task")
+    import app  # noqa: F401, PLC0415  (registers the example's tasks, as JOB_MODULES does in the pod)
+    assert command[3] in registry.specs, f"{command[3]} is not a task of the example"
+    assert container(cronjob)["image"] == container(find("Deployment", "web"))["image"]
+    settings = settings_of(cronjob, tmp_path)
+    assert not settings.logs_to_files  # nothing to write but /tmp: the root filesystem is read-only
+    context = {**pod(cronjob)["securityContext"], **container(cronjob)["securityContext"]}
+    assert (context["runAsNonRoot"], context["runAsUser"], context["readOnlyRootFilesystem"]) == (True, image_user(),
+                                                                                                  True)
+    assert context["capabilities"] == {"drop": ["ALL"]} and context["allowPrivilegeEscalation"] is False
+    assert {mount["mountPath"] for mount in container(cronjob)["volumeMounts"]} == {"/tmp"}
+
+
+def test_the_cronjob_s_command_runs_the_task_and_says_so(tmp_path):
+    """Its command, run here with the pod's variables: the task's result, exit status 0; an
+    unknown task or bad arguments, status 2 naming them."""
+    cronjob = find("CronJob", "nightly-report")
+    variables = {**image_folders(), **environment(cronjob), "PATH": os.environ["PATH"],
+                 "STACK_DATA_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, *container(cronjob)["command"][1:]], cwd=ROOT, env=variables,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["task"] == "nightly_report"
+    assert '"message": "running nightly_report once, here, with no arguments"' in run.stderr
+    for arguments, message in ((["no_such_task"], "error: no_such_task: unknown task 'no_such_task'; tasks: "),
+                               (["job1", '{"seconds": "x"}'], "error: job1: seconds must be a number"),
+                               (["job1", "{not json"], "error: job1: Expecting property name")):
+        refused = subprocess.run([sys.executable, "-m", "deploy.jobs.run_task", *arguments], cwd=ROOT, env=variables,
+                                 capture_output=True, text=True, timeout=60)
+        assert (refused.returncode, refused.stderr.startswith(message)) == (2, True), refused.stderr

@@ -221,6 +221,25 @@ def test_prometheus_finds_the_requests_jobs_and_nginx_across_a_replaced_worker(c
     assert container.get("/metrics").status == 404  # never on the public port
 
 
+# The README's alert: a scheduled task that has not succeeded for longer than it should.
+NOT_SUCCEEDED_ALERT = ('time() - max by (task) (flask_stack_schedule_last_success_timestamp_seconds{{task="{task}"}})'
+                       " > {seconds}")
+
+
+def test_prometheus_alerts_on_a_scheduled_task_that_has_not_succeeded_in_time(ticking_image, containers, prometheus):
+    container = containers.start("-p", "127.0.0.1::9100", image=ticking_image,
+                                 env={"JOB_MODULES": "app,ticks.every_2s"})
+    url = prometheus(metrics_port(container))
+    wait_until(lambda: (runs := query(url, 'flask_stack_schedule_runs_total{task="every_2s"}')) and runs >= 2, 30,
+               "every_2s run twice, as Prometheus sees it")
+    wait_until(lambda: query(url, 'flask_stack_schedule_last_success_timestamp_seconds{task="every_2s"}'), 30,
+               "every_2s's success")
+    assert query(url, NOT_SUCCEEDED_ALERT.format(task="every_2s", seconds=60)) is None  # it succeeds: no alert
+    # The example's nightly task has not run yet: its alert (a day and two hours) fires.
+    assert query(url, NOT_SUCCEEDED_ALERT.format(task="nightly_report", seconds=26 * 3600)) > 26 * 3600
+    assert query(url, 'flask_stack_schedule_missed_total{task="every_2s"}') == 0
+
+
 def test_a_worker_only_container_serves_the_job_metrics(containers):
     container = containers.start("-p", "127.0.0.1::9100", env={"ROLE": "worker"}, wait=False)
     container.wait_until_healthy()

@@ -11,15 +11,6 @@ from datetime import datetime, timedelta
 import pytest
 
 from tests.containers import JobsClient, docker, wait_until
-from tests.support import ROOT, build_image
-
-TICKING = ROOT / "tests" / "ticking"
-
-
-@pytest.fixture(scope="module")
-def ticking_image(image):
-    """The image under test with tests/ticking/ticks: scheduled tasks, chosen by JOB_MODULES."""
-    return build_image("flask-stack-test-ticking", TICKING, f"--build-arg=STACK_IMAGE={image}")
 
 
 def runs_of(jobs: JobsClient, task: str) -> list[dict]:

@@ -22,19 +22,22 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import pytest
 import yaml
 
 from tests import figures
 from tests.containers import TERMINAL, JobsClient, docker, free_port, http_request, wait_until
-from tests.support import ROOT
+from tests.support import REDIS_DOCKERFILE, ROOT, build_image
 
 pytestmark = [pytest.mark.slow]
 
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 HAPROXY_CFG = ROOT / "deploy" / "swarm" / "haproxy.cfg"
 JOB_LEASE_SECONDS = 6  # low, so that a killed worker's job is ended within seconds
+TICKING = ROOT / "tests" / "ticking"
+TICK_MODULES, TICK_TASK, TICK_SECONDS = "app,ticks.every_3s", "every_3s", 3
 LEASE_MARGIN = 10  # seconds on top of JOB_LEASE_SECONDS: swarm restarts the task, its consumer ends the job
 
 # Stand-ins for the official images, which no registry here can give: Debian's packages, under
@@ -46,13 +49,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends haproxy && rm -
 USER haproxy
 STOPSIGNAL SIGUSR1
 CMD ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
-"""
-REDIS_DOCKERFILE = """FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/* \\
-    && install -d -o redis -g redis /data
-WORKDIR /data
-USER redis
-CMD ["redis-server", "--protected-mode", "no"]
 """
 # The image under test, as a new release and as one whose health check never passes.
 NEW_VERSION = "2"
@@ -214,9 +210,14 @@ class Stack:
         parts = []
         for service in ("edge", "web", "worker", "redis"):
             tasks = docker("service", "ps", "--no-trunc", self.service(service), check=False)
-            logs = docker("service", "logs", "--raw", "--tail", "60", self.service(service), check=False, timeout=30)
+            try:
+                logs = docker("service", "logs", "--raw", "--tail", "60", self.service(service), check=False,
+                              timeout=60)
+                logs_text = logs.stdout + logs.stderr
+            except subprocess.TimeoutExpired:
+                logs_text = "(docker service logs did not answer within 60 s)\n"
             parts.append(f"--- docker service ps --no-trunc {self.service(service)}\n{tasks.stdout}{tasks.stderr}"
-                         f"--- docker service logs {self.service(service)} (last lines)\n{logs.stdout}{logs.stderr}")
+                         f"--- docker service logs {self.service(service)} (last lines)\n{logs_text}")
         return "\n".join(parts)
 
     @contextmanager
@@ -279,14 +280,16 @@ def stack(image, swarm):
     low JOB_LEASE_SECONDS; removed after with all it made."""
     suffix = uuid.uuid4().hex[:8]
     name = f"fstest{suffix}"
-    images = {"app": f"flask-stack-swarm-test:app-{suffix}",  # the image under test, under a tag no rebuild moves
+    images = {"app": f"flask-stack-swarm-test:app-{suffix}",  # the image under test, with ticks.every_3s
               "new": f"flask-stack-swarm-test:new-{suffix}", "never-healthy": f"flask-stack-swarm-test:bad-{suffix}",
               "edge": f"flask-stack-test-haproxy:{suffix}", "redis": f"flask-stack-test-swarm-redis:{suffix}"}
     secret = f"{name}-redis-url"
     stack = Stack(name, free_port(), free_subnet(), images)
     made_secret = False
     try:
-        docker("tag", image, images["app"])
+        # The image under test, with a task every 3 s (tests/ticking) that the two workers share.
+        build_image(images["app"], TICKING, f"--build-arg=STACK_IMAGE={image}",
+                    f"--build-arg=JOB_MODULES={TICK_MODULES}")
         with ThreadPoolExecutor(max_workers=4) as pool:
             builds = [pool.submit(build, images["edge"], EDGE_DOCKERFILE),
                       pool.submit(build, images["redis"], REDIS_DOCKERFILE),
@@ -372,6 +375,24 @@ def test_the_app_sees_the_client_through_the_edge(stack):
         assert uuid.UUID(response.headers["X-Request-ID"])
 
 
+def test_two_worker_replicas_run_each_tick_of_a_scheduled_task_once(stack):
+    """Both replicas' consumers claim the ticks of a task every 3 s in the one Redis: each tick
+    runs once, none is missed."""
+    jobs = JobsClient.over_http(stack.port)
+    with stack.diagnosed():
+        assert len(stack.containers("worker")) == 2
+        time.sleep(6 * TICK_SECONDS)
+        status, page = jobs.request("GET", f"/jobs?task={TICK_TASK}&limit=500", None)
+        assert status == 200, page
+        ticks = Counter(run["scheduled_for"] for run in page["jobs"])
+        hosts = Counter(run["worker"]["host"] for run in page["jobs"] if run["worker"])
+        print(f"\nswarm: two workers, a task every {TICK_SECONDS} s: {len(ticks)} ticks run, by {dict(hosts)}")
+        assert ticks and max(ticks.values()) == 1, f"ticks run twice: {ticks}"
+        times = sorted(datetime.fromisoformat(tick) for tick in ticks)
+        assert len(times) >= 5
+        assert all(b - a == timedelta(seconds=TICK_SECONDS) for a, b in zip(times, times[1:], strict=False)), times
+
+
 def test_rolling_update_of_web_fails_no_request(stack):
     with stack.diagnosed():
         old_version = current_version(stack)
@@ -440,7 +461,7 @@ def test_rolling_the_worker_loses_no_job(stack):
         assert records[long_job]["status"] == "interrupted", records[long_job]
         assert "the consumer stopped" in records[long_job]["error"]
         assert all(records[job_id]["status"] == "done" for job_id in short_jobs), records
-        assert stack.running_images("worker") == [stack.images["new"]]
+        assert stack.running_images("worker") == [stack.images["new"]] * 2
 
 
 def test_a_killed_worker_s_job_leaves_running_within_the_lease(stack):

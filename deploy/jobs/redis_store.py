@@ -92,7 +92,9 @@ class RedisStore:
             if new["status"] in LIVE:
                 pipe.hincrby(self.key("count", new["status"]), new["task"], 1)
         if new["status"] == "running":
-            pipe.zadd(self.key("running"), {job_id: lease_until if lease_until is not None else now})
+            if lease_until is not None or old is None or old["status"] != "running":
+                pipe.zadd(self.key("running"), {job_id: lease_until if lease_until is not None else now})
+            # else a change while it runs (progress, a cancel asked) keeps its lease
         else:
             pipe.zrem(self.key("running"), job_id)
         if new["status"] == "scheduled":

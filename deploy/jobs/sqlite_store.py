@@ -126,11 +126,17 @@ class SqliteStore:
             if not allowed(record, row[1], from_statuses, attempt, lease_expired_at):
                 return Transition(False, record)
             new = apply_changes(record, changes)
+            if new["status"] != "running":
+                lease = None
+            elif lease_until is not None:
+                lease = lease_until
+            else:
+                lease = row[1]  # a change while it runs (progress, a cancel asked) keeps its lease
             cursor.execute(
                 "update job_records set status = ?, attempt = ?, lease_until = ?, expires = ?, run_at = ?, "
                 "record = ? where id = ?",
-                (new["status"], new["attempt"], lease_until if new["status"] == "running" else None,
-                 self._expires(new), run_at if new["status"] == "scheduled" else None, json.dumps(new), job_id))
+                (new["status"], new["attempt"], lease, self._expires(new),
+                 run_at if new["status"] == "scheduled" else None, json.dumps(new), job_id))
             if message is not None:
                 self._enqueue(cursor, message)
             return Transition(True, new)

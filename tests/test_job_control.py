@@ -72,6 +72,12 @@ def test_a_job_past_its_timeout_fails_saying_so_and_the_next_runs(tasks_client, 
     assert tasks_client.wait_for_status(tasks_client.submit("sleepy", seconds=0)["id"], deadline=10)["status"] == "done"
 
 
+def test_a_thread_that_runs_past_its_timeout_without_reporting_still_fails_timed_out(tasks_client, consumer):
+    consumer(JOB_MODULES="tests.job_tasks")  # thread workers: nothing stops a task that never reports
+    record = tasks_client.wait_for_status(tasks_client.submit("overtime", seconds=2)["id"], TERMINAL, deadline=10)
+    assert (record["status"], record["error"], record["result"]) == ("failed", "timed out after 1 s", None)
+
+
 def test_a_cancel_racing_the_job_s_own_end_leaves_one_end(tasks_client, consumer):
     consumer(JOB_MODULES="tests.job_tasks", JOB_WORKERS="2")
     outcomes = []

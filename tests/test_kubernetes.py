@@ -283,6 +283,7 @@ def test_web_drains_believes_its_ingress_and_names_its_hosts(tmp_path):
     assert settings.drain_seconds > 0  # the endpoints and the ingress let the pod go while it still serves
     assert settings.trusted_proxies != ()  # clients keep their address behind the ingress
     assert find("Service", "web")["metadata"]["name"] in settings.allowed_hosts  # clients in the cluster
+    assert settings.jobs_token  # the jobs API is not open to whoever reaches port 80
 
 
 # --- Probes, ports, metrics -------------------------------------------------------------

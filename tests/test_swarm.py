@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.slow]
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 HAPROXY_CFG = ROOT / "deploy" / "swarm" / "haproxy.cfg"
 JOB_LEASE_SECONDS = 6  # low, so that a killed worker's job is ended within seconds
+JOBS_TOKEN = "swarm-test-jobs-token-0123456789"
 TICKING = ROOT / "tests" / "ticking"
 TICK_MODULES, TICK_TASK, TICK_SECONDS = "app,ticks.every_3s", "every_3s", 3
 LEASE_MARGIN = 10  # seconds on top of JOB_LEASE_SECONDS: swarm restarts the task, its consumer ends the job
@@ -283,9 +284,10 @@ def stack(image, swarm):
     images = {"app": f"flask-stack-swarm-test:app-{suffix}",  # the image under test, with ticks.every_3s
               "new": f"flask-stack-swarm-test:new-{suffix}", "never-healthy": f"flask-stack-swarm-test:bad-{suffix}",
               "edge": f"flask-stack-test-haproxy:{suffix}", "redis": f"flask-stack-test-swarm-redis:{suffix}"}
-    secret = f"{name}-redis-url"
+    secrets = {"REDIS_URL_SECRET": (f"{name}-redis-url", "redis://redis:6379/0"),
+               "JOBS_TOKEN_SECRET": (f"{name}-jobs-token", JOBS_TOKEN)}
     stack = Stack(name, free_port(), free_subnet(), images)
-    made_secret = False
+    made_secrets = []
     try:
         # The image under test, with a task every 3 s (tests/ticking) that the two workers share.
         build_image(images["app"], TICKING, f"--build-arg=STACK_IMAGE={image}",
@@ -300,10 +302,12 @@ def stack(image, swarm):
         check = docker("run", "--rm", "--network", "none", "-v", f"{HAPROXY_CFG}:/usr/local/etc/haproxy/haproxy.cfg:ro",
                        images["edge"], "haproxy", "-c", "-f", "/usr/local/etc/haproxy/haproxy.cfg", check=False)
         assert check.returncode == 0, f"haproxy -c of {HAPROXY_CFG}:\n{check.stdout}{check.stderr}"
-        docker("secret", "create", secret, "-", input_text="redis://redis:6379/0")
-        made_secret = True
+        for secret, value in secrets.values():
+            docker("secret", "create", secret, "-", input_text=value)
+            made_secrets.append(secret)
         variables = {"IMAGE": images["app"], "EDGE_IMAGE": images["edge"], "REDIS_IMAGE": images["redis"],
-                     "HTTP_PORT": str(stack.port), "EDGE_SUBNET": stack.edge_subnet, "REDIS_URL_SECRET": secret,
+                     "HTTP_PORT": str(stack.port), "EDGE_SUBNET": stack.edge_subnet,
+                     **{variable: secret for variable, (secret, _) in secrets.items()},
                      "JOB_LEASE_SECONDS": str(JOB_LEASE_SECONDS)}
         deploy = ["stack", "deploy", "--resolve-image", "never", "-c", str(STACK_FILE), name]
         # `docker stack deploy` reads the stack file's variables from its environment.
@@ -315,7 +319,7 @@ def stack(image, swarm):
                        interval=0.5)
         yield stack
     finally:
-        remove(stack, secret if made_secret else None)
+        remove(stack, made_secrets)
 
 
 def docker_with(variables: dict, *args: str):
@@ -335,8 +339,8 @@ def both_replicas_answer(stack: Stack) -> bool:
     return len(hosts) == 2 and http_request(stack.port, "/readyz", timeout=5).status == 200
 
 
-def remove(stack: Stack, secret: str | None) -> None:
-    """The stack (services, networks, config), then its volume, the secret and the images."""
+def remove(stack: Stack, secrets: list[str]) -> None:
+    """The stack (services, networks, config), then its volume, the secrets and the images."""
     docker("stack", "rm", stack.name, check=False)
     label = f"label=com.docker.stack.namespace={stack.name}"
     try:
@@ -345,7 +349,7 @@ def remove(stack: Stack, secret: str | None) -> None:
                    90, f"the containers and networks of stack {stack.name} removed", interval=1)
     finally:
         docker("volume", "rm", f"{stack.name}_redis-data", check=False)
-        if secret:
+        for secret in secrets:
             docker("secret", "rm", secret, check=False)
         docker("rmi", *stack.images.values(), check=False, timeout=120)
 
@@ -378,7 +382,7 @@ def test_the_app_sees_the_client_through_the_edge(stack):
 def test_two_worker_replicas_run_each_tick_of_a_scheduled_task_once(stack):
     """Both replicas' consumers claim the ticks of a task every 3 s in the one Redis: each tick
     runs once, none is missed."""
-    jobs = JobsClient.over_http(stack.port)
+    jobs = JobsClient.over_http(stack.port, token=JOBS_TOKEN)
     with stack.diagnosed():
         assert len(stack.containers("worker")) == 2
         time.sleep(6 * TICK_SECONDS)
@@ -439,7 +443,7 @@ def test_rolling_the_worker_loses_no_job(stack):
     """Jobs running and queued while `worker` is replaced: each ends in a final status. The
     long one outlasts GRACEFUL_TIMEOUT (8 s) and ends `interrupted` (job1 has no retries);
     the others finish, on the old consumer or the new one."""
-    jobs = JobsClient.over_http(stack.port)
+    jobs = JobsClient.over_http(stack.port, token=JOBS_TOKEN)
     with stack.diagnosed():
         long_job = jobs.submit("job1", seconds=30)["id"]
         jobs.wait_for_status(long_job, {"running"}, deadline=20)
@@ -467,7 +471,7 @@ def test_rolling_the_worker_loses_no_job(stack):
 def test_a_killed_worker_s_job_leaves_running_within_the_lease(stack):
     """`docker kill` of the worker running a job: swarm starts a new task, and its consumer ends
     the lost job once its lease (JOB_LEASE_SECONDS) expired."""
-    jobs = JobsClient.over_http(stack.port)
+    jobs = JobsClient.over_http(stack.port, token=JOBS_TOKEN)
     with stack.diagnosed():
         job = jobs.submit("job1", seconds=45)["id"]
         host = jobs.wait_for_status(job, {"running"}, deadline=20)["worker"]["host"]

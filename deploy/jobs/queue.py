@@ -269,9 +269,9 @@ class JobQueue:
             run = self.runs.ended(task.id)
             if run is None or isinstance(exc, JobCanceled):
                 return  # canceled: its consumer's watch has ended the record already
-            if exc is None:
+            if exc is None and not task.is_timed_out:
                 self._succeeded(run.job_id, run.attempt, task_value, run.progress)
-            elif isinstance(exc, TaskTimeout):
+            elif exc is None or isinstance(exc, TaskTimeout):  # a thread cannot be stopped: it ran past it
                 self.attempt_failed(run.job_id, run.attempt, f"timed out after {task.timeout:g} s", run.progress)
             else:
                 self.attempt_failed(run.job_id, run.attempt, f"{type(exc).__name__}: {exc}", run.progress)

@@ -1,15 +1,17 @@
-"""Bounded load from a second process, for the reliability suite: `python -m tests.load MODE ...`.
+"""The tests' one load harness: bounded HTTP clients against 127.0.0.1 only (a container's
+published port). Every load stops by itself after its seconds, its count, or when told.
 
-Traffic goes to 127.0.0.1 only (the container's published port). Every mode stops by itself
-after --seconds, and `requests` also after --max-requests.
-
-- `requests`: --concurrency clients, each sending GET --path on a new connection after the
-  previous answer, at most one every --interval seconds (so that a server that fails fast
-  is not flooded: the offered load stays the same). Prints one JSON line: a [start, end,
-  status or error] row per request, times on the machine's monotonic clock (the same in
-  every process).
-- `slowloris`: --connections that send a request's headers one byte at a time.
-- `unread`: --connections that send a request and never read the answer.
+- In the test's process: `clients(port, groups, ...)` runs groups of clients in threads, each
+  sending GET on a new connection after the previous answer, at most one every `interval`
+  seconds (so that a server that fails fast is not flooded: the offered load stays the same),
+  and returns every Answer. `Load` does it in the background while a block runs.
+- In a second process, for the reliability suite (the test process's own work then cannot
+  slow the clients): `python -m tests.load MODE ...`
+  - `requests`: --concurrency clients of --path; prints one JSON line, a [start, end, status
+    or error] row per request, times on the machine's monotonic clock (the same in every
+    process);
+  - `slowloris`: --connections that send a request's headers one byte at a time;
+  - `unread`: --connections that send a request and never read the answer.
 """
 
 import argparse
@@ -19,43 +21,95 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT = 10
 
 
-def requests(port: int, path: str, concurrency: int, interval: float, seconds: float,
-             max_requests: int) -> list:
-    deadline = time.monotonic() + seconds
-    rows, lock = [], threading.Lock()
+@dataclass
+class Answer:
+    start: float  # the monotonic clock
+    end: float
+    path: str
+    status: int | str  # the HTTP status, or the exception's name
+    body: bytes = b""
 
-    def client():
-        while time.monotonic() < deadline:
+
+@dataclass(frozen=True)
+class Clients:
+    """`count` clients sending GET `path`, at most one request every `interval` seconds each."""
+    path: str
+    count: int
+    interval: float = 0.0
+
+
+def clients(port: int, groups: list[Clients], seconds: float, max_requests: int = 100_000,
+            stopping: threading.Event | None = None, timeout: float = REQUEST_TIMEOUT) -> list[Answer]:
+    """Run the groups of clients until `seconds` have passed, `max_requests` were sent, or
+    `stopping` is set; every answer, in the order they were started."""
+    deadline = time.monotonic() + seconds
+    stopping = stopping or threading.Event()
+    answers, lock = [], threading.Lock()
+
+    def client(path: str, interval: float) -> None:
+        while not stopping.is_set() and time.monotonic() < deadline:
             with lock:
-                if len(rows) >= max_requests:
+                if len(answers) >= max_requests:
                     return
-                row = [time.monotonic(), None, None]
-                rows.append(row)
-            next_start = row[0] + interval
-            connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+                answer = Answer(time.monotonic(), 0.0, path, "none")
+                answers.append(answer)
+            connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
             try:
                 connection.request("GET", path)
                 response = connection.getresponse()
-                response.read()
-                row[2] = response.status
+                answer.body = response.read()
+                answer.status = response.status
             except (OSError, http.client.HTTPException) as error:
-                row[2] = type(error).__name__
+                answer.status = type(error).__name__
             finally:
                 connection.close()
-                row[1] = time.monotonic()
-            time.sleep(max(0.0, next_start - time.monotonic()))
+                answer.end = time.monotonic()
+            time.sleep(max(0.0, answer.start + interval - time.monotonic()))
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(group.path, group.interval))
+               for group in groups for _ in range(group.count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return rows
+    return answers
+
+
+@dataclass
+class Load:
+    """`clients(...)` in the background: start it, run the block, `stop()` it; then its answers."""
+    port: int
+    groups: list[Clients]
+    seconds: float
+    max_requests: int = 100_000
+    answers: list[Answer] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Load":
+        def run():
+            self.answers.extend(clients(self.port, self.groups, self.seconds, self.max_requests, self._stopping))
+        self._thread = threading.Thread(target=run)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=REQUEST_TIMEOUT + 5)
+
+    @property
+    def failures(self) -> list[Answer]:
+        return [answer for answer in self.answers if answer.status != 200]
+
+    def statuses(self) -> Counter:
+        return Counter(answer.status for answer in self.answers)
 
 
 def hold_connections(port: int, connections: int, seconds: float, drip: bool, path: str) -> None:
@@ -95,8 +149,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=300)
     args = parser.parse_args(argv)
     if args.mode == "requests":
-        rows = requests(args.port, args.path, args.concurrency, args.interval, args.seconds, args.max_requests)
-        json.dump(rows, sys.stdout)
+        answers = clients(args.port, [Clients(args.path, args.concurrency, args.interval)], args.seconds,
+                          args.max_requests)
+        json.dump([[answer.start, answer.end, answer.status] for answer in answers], sys.stdout)
     else:
         hold_connections(args.port, args.connections, args.seconds, args.mode == "slowloris", args.path)
     return 0

@@ -1,5 +1,6 @@
 """The linters CI runs: ruff on the Python, shellcheck on every shell script."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -38,3 +39,32 @@ def test_shellcheck_finds_nothing():
     assert {"deploy/docker-entrypoint.sh", "deploy/reload", ".ci/run"} <= set(scripts)
     result = run("shellcheck", "-x", *scripts)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def imported_stack_modules(path: Path, modules: set[str]) -> set[str]:
+    """The stack's modules that a module imports, at its top or inside a function."""
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {name for name in (node.module, *(f"{node.module}.{alias.name}" for alias in node.names))
+                         if name in modules}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names if alias.name in modules}
+    return imported
+
+
+def test_the_stack_s_modules_import_each_other_without_cycles():
+    paths = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+             for path in (ROOT / "deploy").rglob("*.py")}
+    graph = {module: imported_stack_modules(path, set(paths)) - {module} for module, path in paths.items()}
+
+    def cycle_from(module: str, trail: list[str]) -> list[str] | None:
+        if module in trail:
+            return trail[trail.index(module):] + [module]
+        for imported in sorted(graph[module]):
+            found = cycle_from(imported, [*trail, module])
+            if found:
+                return found
+        return None
+    cycles = [cycle for module in sorted(graph) if (cycle := cycle_from(module, []))]
+    assert cycles == [], " -> ".join(cycles[0])

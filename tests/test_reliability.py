@@ -26,6 +26,8 @@ from tests import figures
 from tests.containers import ContainerFactory, docker, user_owned_folder, wait_until
 from tests.support import ROOT, raw_request, require_tool
 
+pytestmark = [pytest.mark.slow]
+
 LOAD_PATH = "/job1?seconds=0.1"  # each request waits inside gunicorn: there are always some in flight
 RECOVERY_BOUND = 5.0  # seconds from a kill -9 to the last failed request
 SLOW_CLIENTS = 300  # of each kind: slowloris and unread

@@ -12,6 +12,8 @@ import pytest
 
 from tests.containers import JobsClient, docker, wait_until
 
+pytestmark = [pytest.mark.slow]
+
 
 def runs_of(jobs: JobsClient, task: str) -> list[dict]:
     """Every job of `task`, through GET /jobs, page by page."""

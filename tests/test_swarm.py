@@ -15,13 +15,12 @@ import json
 import os
 import random
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
@@ -29,6 +28,7 @@ import yaml
 
 from tests import figures
 from tests.containers import TERMINAL, JobsClient, docker, free_port, http_request, wait_until
+from tests.load import Clients, Load
 from tests.support import REDIS_DOCKERFILE, ROOT, build_image
 
 pytestmark = [pytest.mark.slow]
@@ -65,7 +65,6 @@ NEVER_HEALTHY_DOCKERFILE = ("FROM {image}\nENV APP_VERSION=" + NEVER_HEALTHY + "
 FAST_CLIENTS, FAST_INTERVAL = 6, 0.1
 SLOW_CLIENTS, SLOW_PATH = 4, "/job1?seconds=1"
 LOAD_MAX_SECONDS, LOAD_MAX_REQUESTS = 240, 30_000
-REQUEST_TIMEOUT = 15
 
 
 # --- the rule of the stop grace periods (no Docker needed) -----------------------------------
@@ -93,64 +92,22 @@ def test_stop_grace_periods_cover_the_drain_and_the_graceful_stop():
 
 # --- load through the edge ---------------------------------------------------------------------
 
-@dataclass
-class Answer:
-    start: float
-    end: float
-    path: str
-    status: int | str  # the HTTP status, or the exception's name
-    version: str | None  # GET /'s version
+LOAD_GROUPS = [Clients("/", FAST_CLIENTS, FAST_INTERVAL), Clients(SLOW_PATH, SLOW_CLIENTS)]
 
 
-@dataclass
-class Load:
-    port: int
-    answers: list[Answer] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
-
-    def client(self, path: str, interval: float, deadline: float) -> None:
-        while not self.stopping.is_set() and time.monotonic() < deadline and len(self.answers) < LOAD_MAX_REQUESTS:
-            start = time.monotonic()
-            version = None
-            try:
-                response = http_request(self.port, path, timeout=REQUEST_TIMEOUT)
-                status = response.status
-                if path == "/" and status == 200:
-                    version = response.json()["version"]
-            except (OSError, ValueError) as error:
-                status = type(error).__name__
-            self.answers.append(Answer(start, time.monotonic(), path, status, version))
-            time.sleep(max(0.0, start + interval - time.monotonic()))
-
-    @property
-    def failures(self) -> list[Answer]:
-        return [answer for answer in self.answers if answer.status != 200]
-
-    def versions(self) -> Counter:
-        return Counter(answer.version for answer in self.answers if answer.version is not None)
-
-    def summary(self) -> str:
-        statuses = Counter(answer.status for answer in self.answers)
-        return f"{len(self.answers)} requests ({dict(statuses)}), versions seen {dict(self.versions())}"
+def load(port: int) -> Load:
+    """The load through the edge, while a block runs; the answers after it."""
+    return Load(port, LOAD_GROUPS, LOAD_MAX_SECONDS, LOAD_MAX_REQUESTS)
 
 
-@contextmanager
-def load(port: int):
-    """The load runs while the block does; the Load it yields holds the answers."""
-    result = Load(port)
-    deadline = time.monotonic() + LOAD_MAX_SECONDS
-    clients = [(path, interval) for path, interval, count in (("/", FAST_INTERVAL, FAST_CLIENTS),
-                                                              (SLOW_PATH, 0, SLOW_CLIENTS))
-               for _ in range(count)]
-    threads = [threading.Thread(target=result.client, args=(path, interval, deadline)) for path, interval in clients]
-    for thread in threads:
-        thread.start()
-    try:
-        yield result
-    finally:
-        result.stopping.set()
-        for thread in threads:
-            thread.join(timeout=REQUEST_TIMEOUT + 5)
+def versions(result: Load) -> Counter:
+    """The versions GET / answered with: which image served it."""
+    return Counter(json.loads(answer.body)["version"] for answer in result.answers
+                   if answer.path == "/" and answer.status == 200)
+
+
+def summary(result: Load) -> str:
+    return f"{len(result.answers)} requests ({dict(result.statuses())}), versions seen {dict(versions(result))}"
 
 
 # --- the swarm and the stack -------------------------------------------------------------------
@@ -355,7 +312,7 @@ def remove(stack: Stack, secrets: list[str]) -> None:
 
 
 def swarm_figures(case: str, result: Load, held: str, recovery: float | None = None) -> None:
-    print(f"\nswarm: {case}: {result.summary()}; failed {len(result.failures)}; {held}"
+    print(f"\nswarm: {case}: {summary(result)}; failed {len(result.failures)}; {held}"
           + ("" if recovery is None else f"; {recovery:.1f} s"))
     figures.record(f"swarm: {case}", len(result.answers), len(result.failures), held, recovery)
 
@@ -408,11 +365,11 @@ def test_rolling_update_of_web_fails_no_request(stack):
             stack.wait_for_update("web", "completed", earlier, deadline=180)
             took = time.monotonic() - started
             time.sleep(2)
-        versions = result.versions()
+        seen = versions(result)
         swarm_figures(f"roll web to a new image (start-first, 1 at a time), {took:.0f} s", result,
-                      f"update completed; versions seen: {', '.join(f'{v} {n}' for v, n in versions.items())}")
-        assert not result.failures, f"{result.summary()}; failed: {result.failures[:5]}"
-        assert {old_version, NEW_VERSION} <= set(versions), result.summary()
+                      f"update completed; versions seen: {', '.join(f'{v} {n}' for v, n in seen.items())}")
+        assert not result.failures, f"{summary(result)}; failed: {result.failures[:5]}"
+        assert {old_version, NEW_VERSION} <= set(seen), summary(result)
         assert stack.running_images("web") == [stack.images["new"]] * 2
         assert {current_version(stack) for _ in range(10)} == {NEW_VERSION}
 
@@ -429,14 +386,14 @@ def test_an_update_that_never_becomes_healthy_is_rolled_back(stack):
             time.sleep(2)
         swarm_figures("roll web to an image that never becomes healthy", result,
                       f"rolled back automatically ({status['Message']}), tasks on the previous image; "
-                      f"versions seen: {', '.join(f'{v} {n}' for v, n in result.versions().items())}", took)
-        assert not result.failures, f"{result.summary()}; failed: {result.failures[:5]}"
+                      f"versions seen: {', '.join(f'{v} {n}' for v, n in versions(result).items())}", took)
+        assert not result.failures, f"{summary(result)}; failed: {result.failures[:5]}"
         # Swarm reports the rollback completed while a task it re-created on the previous image
         # may still be starting (not yet healthy): it must get there.
         wait_until(lambda: stack.running_images("web") == before, 30, "web's tasks running the previous image",
                    interval=0.5)
         # Swarm puts a task in the service's DNS only once it is healthy: the bad one got nothing.
-        assert NEVER_HEALTHY not in result.versions()
+        assert NEVER_HEALTHY not in versions(result)
 
 
 def test_rolling_the_worker_loses_no_job(stack):
@@ -461,7 +418,7 @@ def test_rolling_the_worker_loses_no_job(stack):
         swarm_figures(f"roll worker with 1 job running past GRACEFUL_TIMEOUT and 6 of 2 s, {took:.0f} s", result,
                       f"jobs: {', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))} (the 30 s one, "
                       f"past GRACEFUL_TIMEOUT); none lost or left running; run by {len(hosts)} consumers")
-        assert not result.failures, f"{result.summary()}; failed: {result.failures[:5]}"
+        assert not result.failures, f"{summary(result)}; failed: {result.failures[:5]}"
         assert records[long_job]["status"] == "interrupted", records[long_job]
         assert "the consumer stopped" in records[long_job]["error"]
         assert all(records[job_id]["status"] == "done" for job_id in short_jobs), records
@@ -488,6 +445,6 @@ def test_a_killed_worker_s_job_leaves_running_within_the_lease(stack):
         swarm_figures(f"docker kill of the worker running a job (JOB_LEASE_SECONDS={JOB_LEASE_SECONDS})", result,
                       f"the job {record['status']} (\"{record['error']}\"); swarm restarted the task; "
                       f"a new job {fresh['status']}", ended_after)
-        assert not result.failures, f"{result.summary()}; failed: {result.failures[:5]}"
+        assert not result.failures, f"{summary(result)}; failed: {result.failures[:5]}"
         assert record["status"] == "interrupted" and "was lost" in record["error"], record
         assert fresh["status"] == "done"

@@ -9,6 +9,8 @@ The exposition runs in the gunicorn master (ROLE=all or web) or in the consumer 
     flask_stack_http_requests_total{method,route,status}   requests answered by the app; route
                                                            is the Flask rule (bounded), not the path
     flask_stack_http_request_duration_seconds{method,route}  their latency (histogram)
+    flask_stack_batch_size{function}                        calls per batch of a @batched function (histogram)
+    flask_stack_batch_wait_seconds{function}                each call's wait from its arrival to its batch's start
     flask_stack_gunicorn_workers                            gunicorn's running workers
     nginx_connections_{active,reading,writing,waiting}      nginx's stub_status
     nginx_connections_{accepted,handled}_total, nginx_http_requests_total, nginx_up
@@ -34,6 +36,8 @@ log = logging.getLogger("deploy.metrics")
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # any other: OTHER (bounded labels)
 ROUTE_KEY = "flask_stack.route"  # where the Flask rule is kept in the WSGI environ
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, float("inf"))
+BATCH_WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
 
 _metrics = {}  # made once per process: prometheus-client allows one metric of a name
 
@@ -86,6 +90,20 @@ class RequestMetrics:
             if not self.failed:  # once: a full disk would otherwise log every request
                 self.failed = True
                 log.exception("could not count a request (the request itself was answered)")
+
+
+def observe_batch(function: str, size: int, waits: list[float]) -> None:
+    """A batch of a @batched function started (deploy/batching.py's observer, in each worker)."""
+    try:
+        _metric(Histogram, "flask_stack_batch_size", "Calls gathered into one batch of a @batched function",
+                ["function"], buckets=BATCH_SIZE_BUCKETS).labels(function).observe(size)
+        wait = _metric(Histogram, "flask_stack_batch_wait_seconds",
+                       "Each call's wait from its arrival to its batch's start", ["function"],
+                       buckets=BATCH_WAIT_BUCKETS).labels(function)
+        for seconds in waits:
+            wait.observe(seconds)
+    except Exception:
+        log.exception("could not count a batch (its calls were answered)")
 
 
 def count_finished_job(task: str, status: str) -> None:

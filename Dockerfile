@@ -77,13 +77,16 @@ RUN set -eux; \
 # MALLOC_ARENA_MAX: glibc makes a memory arena per thread that allocates; two are enough for
 # processes whose threads mostly wait (the consumer, the metrics' server) and cost less memory.
 # pip (the virtualenv's, first on the PATH) installs into the stack's virtualenv as root, in a
-# derived image's build, where no newer pip is to be looked for.
+# derived image's build, where no newer pip is to be looked for. onnxruntime, when imported,
+# starts a telemetry thread unless ORT_DISABLE_TELEMETRY is set: imported in a preloading master
+# (PRELOAD_APP), its forked workers abort or hang when they exit (README: Serving a model).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/srv \
     PYTHONUNBUFFERED=1 \
     MALLOC_ARENA_MAX=2 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    ORT_DISABLE_TELEMETRY=1
 
 # A derived image's `RUN pip install` reads the same mirror arguments as this build
 # (`docker build --build-arg PIP_INDEX_URL=...`) with no ARG lines of its own: these run in its

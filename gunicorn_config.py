@@ -89,6 +89,13 @@ skip_unused_record_fields()
 
 
 # --- Hooks ----------------------------------------------------------------------------
+def on_starting(server):
+    """The listening socket is supervisord's (fd 0), kept across gunicorn's restarts (`reload
+    app` with PRELOAD_APP restarts gunicorn): gunicorn must not remove its path when it stops,
+    which it does for a unix socket it owns but not for one systemd passed it. So it is told that."""
+    server.systemd = True
+
+
 def pre_fork(server, worker):
     """What the master holds stays out of its workers' garbage collections, which would touch
     (and so copy) every object's page."""

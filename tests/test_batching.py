@@ -58,8 +58,14 @@ def pending(function) -> int:
     return len(function._dispatcher().pending)
 
 
-def test_the_seam_exports_batched():
+def test_the_seam_exports_batched_and_post_fork_without_flask():
     assert deploy.batched is batched
+    # A module of tasks or of a model imported by the job consumer, where Flask may not be.
+    without_flask = ("import sys; sys.modules['flask'] = None\n"
+                     "from deploy import batched, post_fork\n"
+                     "print(batched(max_size=2)(lambda inputs: inputs)('x'), post_fork(print) is print)")
+    run = subprocess.run([sys.executable, "-c", without_flask], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "x True\n"), run.stderr
 
 
 def test_calls_that_arrive_while_a_batch_runs_are_gathered_up_to_max_size(batches):

@@ -13,7 +13,7 @@ import pytest
 
 from tests import figures
 from tests.conftest import ROOT, build_image
-from tests.containers import ContainerFactory, user_owned_folder, wait_until
+from tests.containers import ContainerFactory, wait_until
 from tests.test_reliability import children, load, pid_of
 
 MODELSERVICE = ROOT / "tests" / "modelservice"
@@ -27,16 +27,12 @@ def modelservice_image(image):
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    return user_owned_folder(tmp_path_factory.mktemp("modelservice") / "logs")
-
-
-@pytest.fixture(scope="module")
-def service(modelservice_image, logs, request):
-    """One container of modelservice with two workers, freshly started: the first test sees its warm-up."""
+def service(modelservice_image, request):
+    """One container of modelservice with two workers, freshly started: the first test sees its
+    warm-up. Its logs stay inside (the tests read them there), printed if a test failed."""
     factory = ContainerFactory(modelservice_image)
     failed_before = request.session.testsfailed
-    yield factory.start(env={"WEB_CONCURRENCY": "2", "MODEL_WARMUP_SECONDS": str(WARMUP_SECONDS)}, logs=logs)
+    yield factory.start(env={"WEB_CONCURRENCY": "2", "MODEL_WARMUP_SECONDS": str(WARMUP_SECONDS)})
     factory.remove_all(print_logs=request.session.testsfailed > failed_before)
 
 
@@ -83,12 +79,12 @@ def test_another_method_is_a_json_405(service):
     assert response.headers["Content-Type"] == "application/json"
 
 
-def test_the_app_and_its_model_are_loaded_once_in_the_master_and_shared_by_forked_workers(service, logs):
+def test_the_app_and_its_model_are_loaded_once_in_the_master_and_shared_by_forked_workers(service):
     master = pid_of(service, "gunicorn")
     workers = children(service, master)
     assert len(workers) == 2
     serving = re.findall(r"\[(\d+)\] \[INFO\] \[rid=-\] deploy\.wsgi: serving modelservice:create_app\(\)",
-                         (logs / "app/app.log").read_text())
+                         service.exec("cat", "/var/log/app/app/app.log").stdout)
     assert serving == [str(master)]  # imported by the master only: the workers are its forks
     # The master has onnxruntime's library mapped (the model was loaded there), each worker the same.
     for pid in (master, *workers):

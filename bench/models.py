@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench import bench, report
 from bench.bench import Config, Server
+from deploy.settings import usable_cpus
 
 MODEL_IMAGE = "flask-stack-bench-models"
 MODEL_MB = 300
@@ -142,6 +143,21 @@ def batching(work: Path) -> dict:
                 "worker_timeouts": worker_timeouts(server)}
 
 
+def native_threads(work: Path) -> dict:
+    """The model's two routes at c64 with the stack's native thread counts (one per worker here)
+    and with the libraries' own (one per CPU in every worker), side by side in turns."""
+    cpus = str(usable_cpus())
+    configs = [model_service("stack-threads", PRELOAD_APP="true"),
+               model_service("library-threads", PRELOAD_APP="true",
+                             **dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), cpus))]
+
+    def turn(server: Server, connections: int) -> dict:
+        return {path: bench.wrk(server.address, connections, TURN_SECONDS, path) for path in ("/single", "/batched")}
+
+    return {"rounds": [turns[CONNECTIONS] for turns in bench.alternated_rounds(work, configs, (CONNECTIONS,), turn)],
+            "cpus": cpus}
+
+
 def recycling(work: Path) -> dict:
     """The model at c64 on /batched, steady and with workers replaced every MAX_REQUESTS (with and
     without PRELOAD_APP), side by side in turns."""
@@ -230,6 +246,19 @@ def recycling_row(recycling_: dict) -> str:
             f"{errors['recycled-no-preload']} errors) | {verdict(miss <= 0, f'by {miss:.2f} ×')} |")
 
 
+def threads_row(threads: dict) -> str:
+    rounds = threads["rounds"]
+    cells = []
+    for path in ("/single", "/batched"):
+        ratios = [turns["library-threads"][path]["rps"] / turns["stack-threads"][path]["rps"] for turns in rounds]
+        p99 = {key: median(turns[key][path]["p99_ms"] for turns in rounds)
+               for key in ("stack-threads", "library-threads")}
+        cells.append(f"`{path}`: {spread(ratios)} the requests/s, p99 {p99['library-threads']:.0f} against "
+                     f"{p99['stack-threads']:.0f} ms")
+    return (f"| native threads: the libraries' own count ({threads['cpus']} a worker) against the stack's "
+            f"(usable CPUs ÷ workers) | " + "; ".join(cells) + " | (no target) |")
+
+
 def write(results: dict, machine: dict) -> str:
     memory_, batching_, recycling_ = results["memory"], results["batching"], results["recycling"]
     default_idle = memory_["default"]["idle_mb"]
@@ -246,6 +275,7 @@ def write(results: dict, machine: dict) -> str:
         "|---|---|---|",
         memory_row(memory_),
         *batching_rows(batching_),
+        threads_row(results["threads"]),
         recycling_row(recycling_),
         f"| the default image (no model) idle ≤ {IDLE_BOUND_MB} MB | {default_idle} MB "
         f"| {verdict(default_idle <= IDLE_BOUND_MB, f'by {default_idle - IDLE_BOUND_MB} MB')} |",
@@ -276,6 +306,8 @@ def main() -> None:
         results = {"memory": memory(work)}
         print("batching", flush=True)
         results["batching"] = batching(work)
+        print("native threads", flush=True)
+        results["threads"] = native_threads(work)
         print("recycling", flush=True)
         results["recycling"] = recycling(work)
     finally:

@@ -19,7 +19,7 @@ RUN set -eux; \
 ENV STACK_REDIS_CLIENT=/opt/redis-client
 COPY requirements.txt /tmp/
 # What only building needs stays here: setuptools, the packages' own test suites and the
-# extensions' debugging symbols (the image's budget is 150 MB). pip goes into the image: a
+# extensions' debugging symbols (the image is kept small: README). pip goes into the image: a
 # derived image installs its own packages with it (`RUN pip install -r requirements.txt`).
 # redis-py (with async-timeout) goes to a folder of its own, on the path only when REDIS_URL
 # is set (deploy/configure.py): huey imports it whenever it can, 8 MB in every process that

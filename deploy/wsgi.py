@@ -39,6 +39,8 @@ def wrap(app, settings: Settings):
         from deploy.metrics import RequestMetrics, observe_batch  # noqa: PLC0415  (prometheus-client only when counting)
         app = RequestMetrics(app, flask_app)
         batching.set_observer(observe_batch)
+    else:
+        batching.set_observer(batching.count_nothing)
     wrapped = HealthMiddleware(with_request_id(app), flask_app, extension)
     return ProxyFix(wrapped, x_for=1, x_proto=1, x_host=1, x_port=1)
 

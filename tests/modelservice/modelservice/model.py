@@ -2,7 +2,8 @@
 README's "Serving a model" says.
 
 - Its file is read when the app is made: with PRELOAD_APP=true, once, in gunicorn's master,
-  with numpy and onnxruntime imported, all shared by the forked workers.
+  with numpy and onnxruntime imported, all shared by the forked workers. (onnxruntime starts
+  no thread when imported because the stack's image sets ORT_DISABLE_TELEMETRY=1.)
 - Its onnxruntime session is made in each worker (`post_fork`): onnxruntime starts the
   session's thread pool when it makes the session, and a forked worker has none of the
   master's threads. The pool has OMP_NUM_THREADS threads (the stack sets it: usable CPUs

@@ -1,7 +1,8 @@
 # nginx -> gunicorn (gevent) -> Flask, under supervisord, in one container.
 # Built with the classic builder: no BuildKit-only syntax.
 
-# Stage 1: the Python packages, in a virtualenv that the final image copies without pip.
+# Stage 1: the Python packages, in a virtualenv that the final image copies with pip (for the
+# packages of a derived image) but without setuptools.
 FROM debian:bookworm-slim AS packages
 
 # pip reads these from the environment: point the build at a company mirror or a wheelhouse
@@ -17,8 +18,9 @@ RUN set -eux; \
 
 ENV STACK_REDIS_CLIENT=/opt/redis-client
 COPY requirements.txt /tmp/
-# What only building needs stays here: pip, setuptools, the packages' own test suites and
-# the extensions' debugging symbols (23 MB less in the image, whose budget is 150 MB).
+# What only building needs stays here: setuptools, the packages' own test suites and the
+# extensions' debugging symbols (the image is kept small: README). pip goes into the image: a
+# derived image installs its own packages with it (`RUN pip install -r requirements.txt`).
 # redis-py (with async-timeout) goes to a folder of its own, on the path only when REDIS_URL
 # is set (deploy/configure.py): huey imports it whenever it can, 8 MB in every process that
 # imports huey, though the default queue (SQLite) never uses it.
@@ -29,7 +31,9 @@ RUN set -eux; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/venv.txt; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
         --target "$STACK_REDIS_CLIENT" -r /tmp/redis-client.txt; \
-    /opt/venv/bin/pip uninstall -y --disable-pip-version-check setuptools pip; \
+    /opt/venv/bin/pip uninstall -y --disable-pip-version-check setuptools; \
+    # pip runs only in a derived image's build: from its sources, without their compiled copies.
+    find /opt/venv/lib/python3*/site-packages/pip -depth -type d -name __pycache__ -exec rm -rf {} +; \
     # deploy/supervisorctl takes its place: it knows the control socket's password.
     rm /opt/venv/bin/supervisorctl; \
     find /opt/venv "$STACK_REDIS_CLIENT" -depth -type d -name tests -exec rm -rf {} +; \
@@ -73,16 +77,31 @@ RUN set -eux; \
 
 # MALLOC_ARENA_MAX: glibc makes a memory arena per thread that allocates; two are enough for
 # processes whose threads mostly wait (the consumer, the metrics' server) and cost less memory.
+# pip (the virtualenv's, first on the PATH) installs into the stack's virtualenv as root, in a
+# derived image's build, where no newer pip is to be looked for. onnxruntime, when imported,
+# starts a telemetry thread unless ORT_DISABLE_TELEMETRY is set: imported in a preloading master
+# (PRELOAD_APP), its forked workers abort or hang when they exit (README: Serving a model).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/srv \
     PYTHONUNBUFFERED=1 \
-    MALLOC_ARENA_MAX=2
+    MALLOC_ARENA_MAX=2 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    ORT_DISABLE_TELEMETRY=1
+
+# A derived image's `RUN pip install` reads the same mirror arguments as this build
+# (`docker build --build-arg PIP_INDEX_URL=...`) with no ARG lines of its own: these run in its
+# build, right after its FROM (one generation: an image built FROM that one declares them again).
+ONBUILD ARG PIP_INDEX_URL
+ONBUILD ARG PIP_FIND_LINKS
+ONBUILD ARG PIP_NO_INDEX
 
 COPY --from=packages /opt/venv /opt/venv
 COPY --from=packages $STACK_REDIS_CLIENT $STACK_REDIS_CLIENT
 RUN set -eux; \
     supervisord --version; \
     gunicorn --version; \
+    pip --version; \
     nginx -v
 
 # The stack (deploy/, its three config files) and the app's packages: everything the

@@ -5,7 +5,7 @@ import gc
 
 # The libraries every worker uses, imported once, here, in the master: the workers it forks
 # share these pages (copy-on-write) instead of each loading a copy of its own (about 15 MB a
-# worker). Not the app (no preload_app): `reload app` still loads new code.
+# worker). The app too with PRELOAD_APP=true (preload_app, below); else each worker imports it.
 import flask  # noqa: F401
 import flask_sock  # noqa: F401
 
@@ -30,6 +30,8 @@ from deploy.logs import logging_config, skip_unused_record_fields
 from deploy.metrics import exposition
 from deploy.metrics.jobs import JobsCollector
 from deploy.settings import Settings
+from deploy.threads import size_thread_pool
+from deploy.worker_hooks import run_post_fork_functions
 
 settings = Settings.from_env()
 
@@ -53,6 +55,10 @@ gunicorn_errors.install()
 # --- Worker processes ------------------------------------------------------------------
 # The app of APP_MODULE with the stack around it (ProxyFix, /healthz and /readyz): deploy/wsgi.py.
 wsgi_app = "deploy.wsgi:load()"
+# PRELOAD_APP=true: the app (and the model it loads) is imported once, here in the master, and
+# the workers are forks that share its memory; a replacement worker is a fork too. gevent is not
+# patched in the master: each worker patches itself when it starts (post_worker_init runs after).
+preload_app = settings.preload_app
 # gevent: one event loop per worker, so slow I/O waits without holding the worker; this one is
 # fair to nginx's kept-alive connections and closes its listener at once when it is to stop.
 worker_class = "deploy.gunicorn_worker.FairGeventWorker"
@@ -89,10 +95,11 @@ skip_unused_record_fields()
 # --- Hooks ----------------------------------------------------------------------------
 def on_starting(server):
     """Two corrections to gunicorn's master for the container:
-    - The listening socket is supervisord's, kept across gunicorn's restarts: gunicorn must not
-      unlink its path when it stops, or nginx could not reach the next gunicorn. gunicorn leaves
-      the path of a socket it was handed by systemd, and that flag does nothing else here (it
-      would matter only to a USR2 re-exec, which supervisord's gunicorn never does).
+    - The listening socket is supervisord's (fd 0), kept across gunicorn's restarts (`reload app`
+      with PRELOAD_APP restarts gunicorn): gunicorn must not unlink its path when it stops, or
+      nginx could not reach the next gunicorn. gunicorn leaves the path of a socket systemd
+      handed it, and that flag does nothing else here (it would matter only to a USR2 re-exec,
+      which supervisord's gunicorn never does).
     - When the app cannot load, every worker exits with the same error. gunicorn halts at the
       first and, reaping the next while it stops, raises the same HaltServer again, out of its
       halt: a traceback after the app's own message. Halting, the others' exits are expected."""
@@ -118,8 +125,13 @@ def pre_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """The same for what the worker has loaded (the app): objects that live as long as the
-    worker are no garbage, and a full collection, every few hundred requests, need not walk them."""
+    """In each worker, once it has started (gevent patched) and loaded the app, before it
+    serves: its pool of OS threads, the app's `post_fork` functions (what a fork must not
+    share: threads, sockets, connections), then the same freeze for what the worker has loaded:
+    objects that live as long as the worker are no garbage, and a full collection, every few
+    hundred requests, need not walk them."""
+    size_thread_pool(settings.cpu_threads)
+    run_post_fork_functions()
     gc.freeze()
 
 

@@ -8,8 +8,9 @@ Run by the entrypoint before anything starts:
 
 Exit status 2 and one line per bad variable on stderr when the configuration is unusable.
 The shell lines export which supervisord programs start (ROLE, DRAIN_SECONDS) as
-NAME=true|false for supervisord.conf's %(ENV_NAME)s, and the secrets given as files
-(NAME_FILE) as NAME, so that every process sees them as plain variables.
+NAME=true|false for supervisord.conf's %(ENV_NAME)s, the secrets given as files
+(NAME_FILE) as NAME, so that every process sees them as plain variables, and the thread
+counts of native libraries (native_threads) that the user has not set.
 
 nginx reads no environment variables: this writes $STACK_RUN_DIR/nginx/, where nginx runs
 (`nginx -p $STACK_RUN_DIR/nginx/ -c $STACK_RUN_DIR/nginx/nginx.conf`): nginx.conf includes
@@ -190,9 +191,30 @@ def make_control_password(settings: Settings) -> str:
     return password
 
 
+# OpenMP, OpenBLAS and MKL start one thread per CPU in every process that uses them, and
+# OpenMP one team per calling thread: with a worker per CPU, the CPUs run many times more
+# threads than they have, which is slower than one. The stack sets each, unless the user did.
+NATIVE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def computing_processes(settings: Settings) -> int:
+    """The processes that run the app's code at once: the web workers and, with
+    JOB_WORKER_TYPE=process, the consumer's job processes (at least one)."""
+    web = settings.web_concurrency if settings.runs_web else 0
+    jobs = settings.job_workers if settings.runs_jobs and settings.job_worker_type == "process" else 0
+    return max(1, web + jobs)
+
+
+def native_threads(settings: Settings) -> int:
+    """Threads each process's native libraries may start, so that all of them together start
+    about as many as the container's CPUs."""
+    return max(1, usable_cpus() // computing_processes(settings))
+
+
 def shell_lines(settings: Settings, environ=os.environ) -> str:
     """What the entrypoint evaluates: the programs' switches, supervisord's log, whether logs
-    go to files, the secrets read from files, and redis-py's folder when the queue is in Redis."""
+    go to files, native libraries' threads, the secrets read from files, and redis-py's folder
+    when the queue is in Redis."""
     supervisord_log = f"{settings.stack_log_dir}/supervisord.log" if settings.logs_to_files else "/dev/null"
     switches = {"WEB_AUTOSTART": settings.runs_web, "JOBS_AUTOSTART": settings.runs_jobs,
                 "DRAIN_AUTOSTART": settings.runs_web and settings.drain_seconds > 0,
@@ -205,6 +227,9 @@ def shell_lines(settings: Settings, environ=os.environ) -> str:
     if settings.redis_url and environ.get("STACK_REDIS_CLIENT"):
         path = ":".join(filter(None, (environ.get("PYTHONPATH"), environ["STACK_REDIS_CLIENT"])))
         lines.append(f"export PYTHONPATH={shlex.quote(path)}")
+    unset = [name for name in NATIVE_THREAD_VARIABLES if not environ.get(name)]
+    if unset:
+        lines.append("export " + " ".join(f"{name}={native_threads(settings)}" for name in unset))
     for name, value in secret_values(environ).items():
         lines.append(f"export {name}={shlex.quote(value)}")
         lines.append(f"unset {name}_FILE")

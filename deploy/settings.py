@@ -68,6 +68,12 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def true_or_false(raw: str) -> bool:
+    if raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    raise ValueError("true or false")
+
+
 def one_of(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw.strip().lower() in choices:
@@ -260,6 +266,9 @@ VARIABLES = (
              "after-response tasks each gunicorn worker holds at once (more: 503)"),
     Variable("CPU_THREADS", whole_number(1, 64), lambda values: str(usable_cpus()),
              "OS threads per web worker for CPU-heavy work in a request (default: usable CPUs)"),
+    Variable("PRELOAD_APP", true_or_false, "false",
+             "load the app (and its model) once, in gunicorn's master, before the workers are forked: they share "
+             "its memory; `reload app` then restarts gunicorn"),
     Variable("MAX_REQUESTS", whole_number(0, 10_000_000), "100000",
              "requests a gunicorn worker serves before it is replaced, plus up to 10% jitter (0: never)"),
     Variable("LOG_ROTATE_SIZE", size_in_bytes, "50m",
@@ -350,6 +359,7 @@ class Settings:
     static_max_age: int
     background_tasks_max: int
     cpu_threads: int
+    preload_app: bool
     max_requests: int
     log_rotate_size: int
     log_rotate_keep: int

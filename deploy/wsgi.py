@@ -9,7 +9,8 @@ names, wrapped by the stack, so that every app gets the same guarantees without 
 - HealthMiddleware answers /healthz and /readyz for any app (deploy/health.py).
 - The request id nginx gave (X-Request-ID) is on every log line written while serving the
   request, whichever logger writes it (deploy/logs.py).
-- RequestMetrics counts and times the app's answers (deploy/metrics/requests.py; METRICS_PORT=0: not).
+- RequestMetrics counts and times the app's answers, and the batches of its @batched functions
+  are counted (deploy/metrics/requests.py; METRICS_PORT=0: not).
 """
 
 import logging
@@ -18,12 +19,12 @@ from gunicorn.errors import AppImportError
 from gunicorn.util import import_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from deploy import batching
 from deploy.extension import StackExtension, stack_extension
 from deploy.health import HealthMiddleware
 from deploy.jobs.registry import TaskDefinitionError
 from deploy.logs import REQUEST_ID
 from deploy.settings import Settings
-from deploy.threads import size_thread_pool
 
 log = logging.getLogger("deploy.wsgi")
 
@@ -36,10 +37,12 @@ def wrap(app, settings: Settings):
         # Flask's own check agrees with nginx's (which refuses the others first): "*.x" is Flask's ".x".
         flask_app.config["TRUSTED_HOSTS"] = [name[1:] if name.startswith("*.") else name
                                              for name in settings.allowed_hosts]
-    size_thread_pool(settings.cpu_threads)
     if settings.metrics_port:
-        from deploy.metrics.requests import RequestMetrics  # noqa: PLC0415  (prometheus-client only when counting)
+        from deploy.metrics.requests import RequestMetrics, observe_batch  # noqa: PLC0415  (prometheus-client only when counting)
         app = RequestMetrics(app, flask_app)
+        batching.set_observer(observe_batch)
+    else:
+        batching.set_observer(batching.count_nothing)
     wrapped = HealthMiddleware(with_request_id(app), flask_app, extension)
     return ProxyFix(wrapped, x_for=1, x_proto=1, x_host=1, x_port=1)
 

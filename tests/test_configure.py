@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy.configure import nginx_http_settings, nginx_main_settings, nginx_server_settings
-from deploy.settings import Settings
-from tests.support import require_tool
-
-ROOT = Path(__file__).resolve().parent.parent
+from deploy.configure import (
+    NATIVE_THREAD_VARIABLES,
+    nginx_http_settings,
+    nginx_main_settings,
+    nginx_server_settings,
+)
+from deploy.settings import Settings, usable_cpus
+from tests.support import ROOT, require_tool
 
 
 def configure(*arguments: str, **environment) -> subprocess.CompletedProcess:
@@ -164,3 +167,33 @@ def test_a_missing_allowed_hosts_or_jobs_token_is_a_warning_at_start():
     assert configure(ROLE="worker").stderr == ""  # a worker serves neither
     refused = configure(JOBS_TOKEN="short").stderr
     assert "JOBS_TOKEN='short' is not valid: expected at least 16 printable ASCII" in refused
+
+
+def exported(shell_lines: str) -> dict[str, str]:
+    """The variables the entrypoint's `eval` of these lines would export, as a shell sees them."""
+    shell = subprocess.run(["sh", "-c", f"{shell_lines}\nenv"], capture_output=True, text=True, check=True,
+                           env={"PATH": os.environ["PATH"]})
+    return dict(line.split("=", 1) for line in shell.stdout.splitlines() if "=" in line)
+
+
+@pytest.mark.parametrize("environment, processes", [
+    ({"WEB_CONCURRENCY": "1"}, 1),
+    ({"WEB_CONCURRENCY": "2", "JOB_WORKER_TYPE": "process", "JOB_WORKERS": "2"}, 4),
+    ({"WEB_CONCURRENCY": "2", "ROLE": "worker"}, 1),  # a consumer of threads: one process computes
+    ({"WEB_CONCURRENCY": "64"}, 64),
+])
+def test_native_libraries_start_about_as_many_threads_as_cpus_in_all(environment, processes, monkeypatch):
+    for name in NATIVE_THREAD_VARIABLES:  # unless a developer's shell sets them
+        monkeypatch.delenv(name, raising=False)
+    result = configure("environment", **environment)
+    assert result.returncode == 0, result.stderr
+    threads = str(max(1, usable_cpus() // processes))
+    variables = exported(result.stdout)
+    assert [variables[name] for name in NATIVE_THREAD_VARIABLES] == [threads] * 3
+
+
+def test_native_thread_counts_the_user_set_are_kept(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    result = configure("environment", OMP_NUM_THREADS="3")
+    assert "OMP_NUM_THREADS" not in result.stdout
+    assert "OPENBLAS_NUM_THREADS=" in result.stdout

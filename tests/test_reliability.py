@@ -133,6 +133,21 @@ def test_reload_app_serves_new_code(stack):
     wait_until(lambda: stack.get("/").json()["service"] == "flask-stack example", 10, "the old code back")
 
 
+def test_a_graceful_restart_of_gunicorn_keeps_its_socket_and_fails_no_request(stack):
+    """`supervisorctl restart gunicorn` (what `reload app` does with PRELOAD_APP): the old master
+    stops gracefully without removing the socket's path, which is supervisord's, so nginx's
+    requests wait in its backlog for the new master and are served."""
+    master = pid_of(stack, "gunicorn")
+    with load(stack.port, seconds=10) as result:
+        time.sleep(3)
+        stack.exec("supervisorctl", "restart", "gunicorn")
+    assert not result.failures, f"restart: {result.summary()}; failed: {result.failures[:5]}"
+    assert pid_of(stack, "gunicorn") != master
+    assert stack.get("/").status == 200
+    figures.record("restart gunicorn (`supervisorctl restart gunicorn`), 10 s", result.sent, 0,
+                   f"requests waited for the new master, the longest {max(result.latencies()):.2f} s")
+
+
 def test_reload_refuses_a_broken_nginx_config_and_keeps_serving(stack):
     broken = "/etc/nginx/server.d/broken.conf"  # an include of the app's, as a user would add one
     try:

@@ -1,11 +1,10 @@
 import re
-from pathlib import Path
 
 import pytest
 
 from deploy.settings import VARIABLES, ConfigError, Settings, default_web_concurrency, usable_cpus
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 # The image's folders, as its Dockerfile sets them.
 IMAGE = {"STACK_LOG_DIR": "/var/log/app", "STACK_RUN_DIR": "/run/flask-stack", "STACK_DATA_DIR": "/var/lib/app"}
 
@@ -24,6 +23,7 @@ def test_defaults_are_safe():
     assert settings.graceful_timeout < 10  # inside Docker's default stop timeout
     assert settings.job_database == "/var/lib/app/jobs.db"
     assert settings.secret_key == ""
+    assert settings.preload_app is False  # each worker imports the app: `reload app` is a plain HUP
     assert 1 <= settings.web_concurrency == default_web_concurrency() <= 8
 
 
@@ -101,6 +101,9 @@ def test_web_concurrency_follows_usable_cpus():
     ("LOG_ROTATE_SIZE", "512", 512),
     ("LOG_ROTATE_SIZE", "2M", 2 * 1024 * 1024),
     ("LOG_ROTATE_KEEP", "30", 30),
+    ("PRELOAD_APP", "true", True),
+    ("PRELOAD_APP", " TRUE ", True),
+    ("PRELOAD_APP", "false", False),
 ])
 def test_accepted_values(name, raw, expected):
     assert getattr(settings_from(**{name: raw}), name.lower()) == expected
@@ -140,6 +143,8 @@ def test_accepted_values(name, raw, expected):
     ("DRAIN_SECONDS", "-1", "a whole number from 0 to 3600"),
     ("METRICS_PORT", "70000", "a port from 1 to 65535 other than 80"),
     ("BACKGROUND_TASKS_MAX", "none", "a whole number from 1 to 10000"),
+    ("PRELOAD_APP", "yes", "true or false"),
+    ("PRELOAD_APP", "1", "true or false"),
 ])
 def test_rejected_values_name_the_variable_and_what_it_accepts(name, raw, accepted):
     with pytest.raises(ConfigError) as error:

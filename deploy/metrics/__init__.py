@@ -6,7 +6,7 @@ its counters there, and one exposition sums them all, a worker that was replaced
 (its counters stay counted; gunicorn's `child_exit` hook marks it dead, as the library asks).
 Three modules, one for each kind of process that uses them:
 
-- requests.py: the web worker's, requests answered by the app;
+- requests.py: the web worker's, requests answered by the app and the batches of @batched;
 - jobs.py: the consumer's, jobs that ended; and the job store's own figures (collected at
   each scrape, the same in every container that shares the store);
 - exposition.py: the one process that serves them all (the gunicorn master with ROLE=all or
@@ -15,6 +15,8 @@ Three modules, one for each kind of process that uses them:
     flask_stack_http_requests_total{method,route,status}   requests answered by the app; route
                                                            is the Flask rule (bounded), not the path
     flask_stack_http_request_duration_seconds{method,route}  their latency (histogram)
+    flask_stack_batch_size{function}                        calls gathered into each batch (histogram)
+    flask_stack_batch_wait_seconds{function}                each call's wait for its batch (histogram)
     flask_stack_gunicorn_workers                            gunicorn's running workers
     nginx_connections_{active,reading,writing,waiting}      nginx's stub_status
     nginx_connections_{accepted,handled}_total, nginx_http_requests_total, nginx_up

@@ -1,4 +1,5 @@
-"""The web worker's metrics: the app's answers, counted and timed by a WSGI middleware."""
+"""The web worker's metrics: the app's answers, counted and timed by a WSGI middleware, and
+the batches of its @batched functions (deploy/batching.py)."""
 
 import logging
 import time
@@ -12,6 +13,8 @@ log = logging.getLogger("deploy.metrics")
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # any other: OTHER (bounded labels)
 ROUTE_KEY = "flask_stack.route"  # where the Flask rule is kept in the WSGI environ
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, float("inf"))
+BATCH_WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
 
 
 class RequestMetrics:
@@ -56,3 +59,17 @@ class RequestMetrics:
             if not self.failed:  # once: a full disk would otherwise log every request
                 self.failed = True
                 log.exception("could not count a request (the request itself was answered)")
+
+
+def observe_batch(function: str, size: int, waits: list[float]) -> None:
+    """A batch of a @batched function started (deploy/batching.py's observer, in each worker)."""
+    try:
+        metric(Histogram, "flask_stack_batch_size", "Calls gathered into one batch of a @batched function",
+               ["function"], buckets=BATCH_SIZE_BUCKETS).labels(function).observe(size)
+        wait = metric(Histogram, "flask_stack_batch_wait_seconds",
+                      "Each call's wait from its arrival to its batch's start", ["function"],
+                      buckets=BATCH_WAIT_BUCKETS).labels(function)
+        for seconds in waits:
+            wait.observe(seconds)
+    except Exception:
+        log.exception("could not count a batch (its calls were answered)")

@@ -22,8 +22,8 @@ COPY requirements.txt /tmp/
 # extensions' debugging symbols (the image is kept small: README). pip goes into the image: a
 # derived image installs its own packages with it (`RUN pip install -r requirements.txt`).
 # redis-py (with async-timeout) goes to a folder of its own, on the path only when REDIS_URL
-# is set (deploy/configure.py): huey imports it whenever it can, 8 MB in every process that
-# imports huey, though the default queue (SQLite) never uses it.
+# is set (deploy/configure.py): huey imports it whenever it can, megabytes in every process
+# that imports huey (bench/README.md, "Memory"), though the default queue (SQLite) never uses it.
 RUN set -eux; \
     python3 -m venv /opt/venv; \
     grep -E '^(redis|async-timeout)==' /tmp/requirements.txt > /tmp/redis-client.txt; \
@@ -57,7 +57,7 @@ RUN set -eux; \
         tzdata \
     ; \
     apt-get clean; \
-    # Not for a server (the image's budget is 150 MB): help()'s topics, debconf's old copies.
+    # Not for a server (the image is kept small: bench/README.md): help()'s topics, debconf's old copies.
     rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled /usr/share/doc/* /usr/share/man/* \
         /usr/lib/python3.11/pydoc_data /var/cache/debconf/*-old; \
     useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
@@ -114,8 +114,8 @@ EXPOSE 80
 # Liveness through nginx (GET /healthz), so it proves the whole chain; a worker-only
 # container asks supervisord. Every 2 s, so that a fresh container is healthy about 2 s
 # after `docker run` (Docker 20.10 has no --start-interval). The check (deploy/healthcheck.py)
-# runs as the stack's user (Docker runs it as root) and costs about 0.015 s of CPU; Docker's
-# own exec costs about 0.08 s more (README: Health).
+# runs as the stack's user (Docker runs it as root), kept light: what it and Docker's exec
+# cost is measured in bench/README.md ("Docker's health check").
 HEALTHCHECK --interval=2s --timeout=2s --start-period=30s --retries=3 \
     CMD ["healthcheck"]
 ENTRYPOINT ["docker-entrypoint.sh"]

@@ -4,8 +4,8 @@
 import gc
 
 # The libraries every worker uses, imported once, here, in the master: the workers it forks
-# share these pages (copy-on-write) instead of each loading a copy of its own (about 15 MB a
-# worker). The app too with PRELOAD_APP=true (preload_app, below); else each worker imports it.
+# share these pages (copy-on-write) instead of each loading a copy of its own (bench/README.md,
+# "Memory"). The app too with PRELOAD_APP=true (preload_app, below); else each worker imports it.
 import flask  # noqa: F401
 import flask_sock  # noqa: F401
 

@@ -62,6 +62,10 @@ class FairGeventWorker(GeventWorker):
                     os.kill(self.ppid, signal.SIGTTIN)
 
     def run(self):
+        """gunicorn 27.0.1's GeventWorker.run (gunicorn/workers/ggevent.py), changed where the
+        module's docstring says: a server per listener, accepting up to ACCEPT_PER_TURN a turn,
+        closed as soon as the worker is to stop; then its requests in flight get the graceful
+        timeout. Compare it with gunicorn's own when gunicorn is upgraded."""
         self._stopping = Event()
         if not self.alive:
             self._stopping.set()

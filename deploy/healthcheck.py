@@ -10,9 +10,10 @@ the stack's user, the owner of supervisord's control socket, as deploy/stack-use
 the shell commands. It never stays root: a control socket that is a symbolic link, not a
 socket, or root's own makes the check fail.
 
-Docker runs it every 2 s, beside the traffic, so it stays light: about 0.015 s of CPU.
-- Python runs it isolated and without site packages (`-IS`), and no shell comes first: the
-  shell wrapper, with the programs it ran to change user, cost about 0.015 s.
+Docker runs it every 2 s, beside the traffic, so it stays light (its cost, measured, is in
+bench/README.md, "Docker's health check"):
+- Python runs it isolated and without site packages (`-IS`), and no shell comes first: a
+  shell wrapper, with the programs it ran to change user, cost as much as the check itself.
 - `_socket`, the C module, sends one line of HTTP/1.0. The `socket` module imports enum
   and selectors, which cost as much again.
 - It reads the role first, so that a worker that shares a web container's network

@@ -177,7 +177,9 @@ class JobQueue:
         if asked.changed:
             log.info("job %s: cancel asked while it runs", job_id)
             return asked.record, False
-        if asked.record is not None and asked.record["status"] in ("scheduled", "queued"):
+        if asked.record is None:
+            return None, True  # deleted meanwhile (past JOB_RESULT_TTL)
+        if asked.record["status"] in ("scheduled", "queued"):
             return self.cancel(job_id)  # it went back to waiting meanwhile (a retry)
         raise JobNotCancelable(f"job {job_id} is {asked.record['status']}: it has finished")
 

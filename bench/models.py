@@ -268,7 +268,7 @@ def write(results: dict, machine: dict) -> str:
         "",
         f"`bench/.venv/bin/python -m bench.models`, {machine['date']}, {machine['cpu']}, {machine['cores']} "
         f"cores: `{bench.IMAGE}` and `{MODEL_IMAGE}` (bench/model-image: a {MODEL_MB} MB numpy array built at "
-        f"import; an inference is a matrix-vector product over 64 MB of it), each container at its own "
+        f"import; an inference is a matrix-vector product over 96 MB of it), each container at its own "
         f"address, `wrk -t2 -c{CONNECTIONS}` through nginx; memory as `docker stats` counts it.",
         "",
         "| target | measured | met |",

@@ -139,6 +139,13 @@ class Container:
     def main_process_pid(self, pidfile: str) -> int:
         return int(self.exec("cat", pidfile).stdout)
 
+    def pid_of(self, program: str) -> int:
+        """The pid of supervisord's `program`, 0 while it is not running."""
+        return int(self.exec("supervisorctl", "pid", program, check=False).stdout.strip() or 0)
+
+    def children(self, pid: int) -> set[int]:
+        return {int(child) for child in self.exec("cat", f"/proc/{pid}/task/{pid}/children").stdout.split()}
+
     def tcp_sockets(self) -> list[tuple[int, str]]:
         """(local port, state) of each TCP socket in the container: state 0A is LISTEN, 01 ESTABLISHED."""
         sockets = []

@@ -18,11 +18,16 @@ import argparse
 import http.client
 import json
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # `python -m tests.load` runs from the checkout's root
 
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT = 10
@@ -135,6 +140,51 @@ def hold_connections(port: int, connections: int, seconds: float, drip: bool, pa
     time.sleep(max(0.0, deadline - time.monotonic()))
     for sock in sockets:
         sock.close()
+
+
+@dataclass
+class LoadResult:
+    """The rows of a load run in a second process: [start, end, status or error name]."""
+    rows: list = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return len(self.rows)
+
+    @property
+    def failures(self) -> list:
+        return [row for row in self.rows if row[2] != 200]
+
+    def latencies(self) -> list[float]:
+        return [end - start for start, end, _ in self.rows]
+
+    def summary(self) -> str:
+        return f"{self.sent} requests: {dict(Counter(status for _, _, status in self.rows))}"
+
+
+@contextmanager
+def in_second_process(port: int, seconds: float, path: str, concurrency: int = 16):
+    """`python -m tests.load requests` runs while the block does; the LoadResult it yields
+    holds the rows after the block."""
+    command = [sys.executable, "-m", "tests.load", "requests", "--port", str(port), "--path", path,
+               "--seconds", str(seconds), "--concurrency", str(concurrency)]
+    result = LoadResult()
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE) as process:
+        yield result
+        output, _ = process.communicate(timeout=seconds + 30)
+    assert process.returncode == 0, f"the load process failed with status {process.returncode}"
+    result.rows.extend(json.loads(output))
+
+
+@contextmanager
+def slow_clients(port: int, mode: str, seconds: float, connections: int, path: str):
+    """`python -m tests.load slowloris|unread`: `connections` held for `seconds` in a second process."""
+    command = [sys.executable, "-m", "tests.load", mode, "--port", str(port), "--seconds", str(seconds),
+               "--connections", str(connections), "--path", path]
+    with subprocess.Popen(command, cwd=ROOT) as process:
+        yield
+        process.wait(timeout=seconds + 30)
+    assert process.returncode == 0, f"the {mode} clients failed with status {process.returncode}"
 
 
 def main(argv: list[str]) -> int:

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests import figures
-from tests.conftest import ROOT, build_image
 from tests.containers import ContainerFactory, wait_until
-from tests.test_reliability import children, load, pid_of
+from tests.load import in_second_process
+from tests.support import ROOT, build_image
 
 MODELSERVICE = ROOT / "tests" / "modelservice"
 WARMUP_SECONDS = 8  # the example's MODEL_WARMUP_SECONDS: a warm-up long enough to be seen
@@ -80,8 +80,8 @@ def test_another_method_is_a_json_405(service):
 
 
 def test_the_app_and_its_model_are_loaded_once_in_the_master_and_shared_by_forked_workers(service):
-    master = pid_of(service, "gunicorn")
-    workers = children(service, master)
+    master = service.pid_of("gunicorn")
+    workers = service.children(master)
     assert len(workers) == 2
     serving = re.findall(r"\[(\d+)\] \[INFO\] \[rid=-\] deploy\.wsgi: serving modelservice:create_app\(\)",
                          service.exec("cat", "/var/log/app/app/app.log").stdout)
@@ -94,7 +94,7 @@ def test_the_app_and_its_model_are_loaded_once_in_the_master_and_shared_by_forke
 
 def test_the_workers_native_libraries_start_one_thread_per_cpu_in_all(service):
     cpus = int(service.exec("nproc").stdout)
-    for worker in children(service, pid_of(service, "gunicorn")):
+    for worker in service.children(service.pid_of("gunicorn")):
         environ = service.exec("run-as-stack", "cat", f"/proc/{worker}/environ").stdout.split("\0")
         threads = {name: value for name, _, value in (entry.partition("=") for entry in environ)
                    if name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -125,17 +125,17 @@ def test_concurrent_requests_are_gathered_into_batches(service):
 def test_reload_with_preload_loads_new_code_under_load_and_fails_no_request(service):
     """`reload app` restarts gunicorn (a preloaded app is not imported again by HUP): the new
     master imports the changed code; requests wait in the socket's backlog meanwhile."""
-    master = pid_of(service, "gunicorn")
+    master = service.pid_of("gunicorn")
     code = "/srv/modelservice/__init__.py"
     service.exec("cp", code, "/tmp/modelservice.py.good")
     try:
         service.exec("sed", "-i", 's/service="modelservice"/service="new code"/', code)
-        with load(service.port, seconds=12, path="/about") as result:
+        with in_second_process(service.port, seconds=12, path="/about") as result:
             time.sleep(3)
             reload = service.exec("reload", "app")
         assert "restarted" in reload.stderr
         assert not result.failures, f"reload: {result.summary()}; failed: {result.failures[:5]}"
-        assert pid_of(service, "gunicorn") != master
+        assert service.pid_of("gunicorn") != master
         assert service.get("/about").json()["service"] == "new code"
     finally:
         service.exec("cp", "/tmp/modelservice.py.good", code)

@@ -7,12 +7,9 @@ import json
 import re
 import statistics
 import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +21,8 @@ from hypothesis import strategies as st
 
 from tests import figures
 from tests.containers import ContainerFactory, docker, user_owned_folder, wait_until
-from tests.support import ROOT, raw_request, require_tool
+from tests.load import in_second_process, slow_clients
+from tests.support import raw_request, require_tool
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,48 +33,12 @@ SLOW_LATENCY_BOUND = 1.0  # seconds: the p99 of normal requests while the slow c
 MEMORY_GROWTH_BOUND = 1.25  # RSS after 100k requests, at most this times its value after 10k
 
 
-@dataclass
-class LoadResult:
-    rows: list = field(default_factory=list)  # [start, end, status or error name], monotonic clock
-
-    @property
-    def sent(self) -> int:
-        return len(self.rows)
-
-    @property
-    def failures(self) -> list:
-        return [row for row in self.rows if row[2] != 200]
-
-    def latencies(self) -> list[float]:
-        return [end - start for start, end, _ in self.rows]
-
-    def summary(self) -> str:
-        return f"{self.sent} requests: {dict(Counter(status for _, _, status in self.rows))}"
-
-
-@contextmanager
 def load(port: int, seconds: float, path: str = LOAD_PATH, concurrency: int = 16):
-    """`python -m tests.load requests` runs while the block does; the LoadResult it yields
-    holds the rows after the block."""
-    command = [sys.executable, "-m", "tests.load", "requests", "--port", str(port), "--path", path,
-               "--seconds", str(seconds), "--concurrency", str(concurrency)]
-    result = LoadResult()
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE) as process:
-        yield result
-        output, _ = process.communicate(timeout=seconds + 30)
-    assert process.returncode == 0, f"the load process failed with status {process.returncode}"
-    result.rows.extend(json.loads(output))
+    return in_second_process(port, seconds, path, concurrency)
 
 
-@contextmanager
-def slow_clients(port: int, mode: str, seconds: float):
-    """`python -m tests.load slowloris|unread`: SLOW_CLIENTS connections held for `seconds`."""
-    command = [sys.executable, "-m", "tests.load", mode, "--port", str(port), "--seconds", str(seconds),
-               "--connections", str(SLOW_CLIENTS), "--path", "/job2?arg1=" + "x" * 4000 + "&arg2=y&seconds=0"]
-    with subprocess.Popen(command, cwd=ROOT) as process:
-        yield
-        process.wait(timeout=seconds + 30)
-    assert process.returncode == 0, f"the {mode} clients failed with status {process.returncode}"
+def slow(port: int, mode: str, seconds: float):
+    return slow_clients(port, mode, seconds, SLOW_CLIENTS, "/job2?arg1=" + "x" * 4000 + "&arg2=y&seconds=0")
 
 
 @pytest.fixture(scope="module")
@@ -95,27 +57,18 @@ def stack(image, stack_logs, request):
     factory.remove_all(print_logs=request.session.testsfailed > failed_before)
 
 
-def pid_of(container, program: str) -> int:
-    """The program's pid, 0 while it is not running."""
-    return int(container.exec("supervisorctl", "pid", program, check=False).stdout.strip() or 0)
-
-
-def children(container, pid: int) -> set[int]:
-    return {int(child) for child in container.exec("cat", f"/proc/{pid}/task/{pid}/children").stdout.split()}
-
-
 # --- 1, 2: reload, and workers recycled ------------------------------------------------------
 
 @pytest.mark.parametrize("target, program", [("app", "gunicorn"), ("nginx", "nginx")])
 def test_reload_under_load_fails_no_request(stack, target, program):
-    workers = children(stack, pid_of(stack, program))
+    workers = stack.children(stack.pid_of(program))
     with load(stack.port, seconds=10) as result:
         time.sleep(3)
         reload = stack.exec("reload", target)
     assert not result.failures, f"reload {target}: {result.summary()}; failed: {result.failures[:5]}"
     assert "signalled" in reload.stdout
     # Every old worker was replaced: new code and config are in use.
-    assert not children(stack, pid_of(stack, program)) & workers
+    assert not stack.children(stack.pid_of(program)) & workers
     figures.record(f"reload {target} (`docker exec <c> reload {target}`), 10 s", result.sent,
                    len(result.failures), "old workers finished their requests, new ones took over")
 
@@ -137,12 +90,12 @@ def test_a_graceful_restart_of_gunicorn_keeps_its_socket_and_fails_no_request(st
     """`supervisorctl restart gunicorn` (what `reload app` does with PRELOAD_APP): the old master
     stops gracefully without removing the socket's path, which is supervisord's, so nginx's
     requests wait in its backlog for the new master and are served."""
-    master = pid_of(stack, "gunicorn")
+    master = stack.pid_of("gunicorn")
     with load(stack.port, seconds=10) as result:
         time.sleep(3)
         stack.exec("supervisorctl", "restart", "gunicorn")
     assert not result.failures, f"restart: {result.summary()}; failed: {result.failures[:5]}"
-    assert pid_of(stack, "gunicorn") != master
+    assert stack.pid_of("gunicorn") != master
     assert stack.get("/").status == 200
     figures.record("restart gunicorn (`supervisorctl restart gunicorn`), 10 s", result.sent, 0,
                    f"requests waited for the new master, the longest {max(result.latencies()):.2f} s")
@@ -186,8 +139,8 @@ def test_recycled_workers_are_replaced_before_they_exit_and_fail_no_request(cont
     with load(container.port, seconds=8) as result:
         pass
     assert not result.failures, f"recycling: {result.summary()}; failed: {result.failures[:5]}"
-    gunicorn, workers = pid_of(container, "gunicorn"), int(web_concurrency)
-    wait_until(lambda: len(children(container, gunicorn)) == workers, 5, f"{workers} workers again")
+    gunicorn, workers = container.pid_of("gunicorn"), int(web_concurrency)
+    wait_until(lambda: len(container.children(gunicorn)) == workers, 5, f"{workers} workers again")
 
     events = worker_events((log_dir / "gunicorn/error.log").read_text())
     recycled = [pid for kind, pid in events if kind == "recycling" and ("exited", pid) in events]
@@ -250,9 +203,9 @@ def test_logs_rotate_by_size_and_keep_the_count(containers, log_dir):
 def replaced(stack, victim: str, pid: int, workers: int) -> bool:
     """Whether a new process stands where the killed `pid` was (gunicorn has `workers` again)."""
     if victim == "gunicorn worker":
-        now = children(stack, pid_of(stack, "gunicorn"))
+        now = stack.children(stack.pid_of("gunicorn"))
         return pid not in now and len(now) == workers
-    return pid_of(stack, victim) not in (0, pid)
+    return stack.pid_of(victim) not in (0, pid)
 
 
 def leftovers_killed(victim: str, pid: int) -> str:
@@ -267,7 +220,7 @@ def kill_evidence(stack, stack_logs: Path, victim: str, pid: int) -> str:
     else:
         log = "supervisord.log"
         lines = [f"exited: {victim} (terminated by SIGKILL",
-                 f"spawned: '{victim}' with pid {pid_of(stack, victim)}"]
+                 f"spawned: '{victim}' with pid {stack.pid_of(victim)}"]
         if victim != "jobs":  # a master: its orphaned workers were killed too
             lines.append(leftovers_killed(victim, pid))
     text = (stack_logs / log).read_text()
@@ -291,8 +244,8 @@ def leftovers_killed_at(stack_logs: Path, victim: str, pid: int) -> float | None
 @pytest.mark.parametrize("victim", ["nginx", "gunicorn", "gunicorn worker", "jobs"])
 def test_kill_9_under_load_is_recovered(stack, stack_logs, victim):
     """Back within RECOVERY_BOUND: the last failed request has ended and the replacement runs."""
-    workers = children(stack, pid_of(stack, "gunicorn"))
-    pid = min(workers) if victim == "gunicorn worker" else pid_of(stack, victim)
+    workers = stack.children(stack.pid_of("gunicorn"))
+    pid = min(workers) if victim == "gunicorn worker" else stack.pid_of(victim)
     with load(stack.port, seconds=7) as result:
         time.sleep(2)
         killed_at = time.monotonic()
@@ -324,7 +277,7 @@ def test_kill_9_under_load_is_recovered(stack, stack_logs, victim):
 def test_slow_clients_do_not_slow_down_normal_requests(stack):
     with load(stack.port, seconds=3, path="/healthz", concurrency=4) as alone:
         pass
-    with slow_clients(stack.port, "slowloris", seconds=9), slow_clients(stack.port, "unread", seconds=9):
+    with slow(stack.port, "slowloris", seconds=9), slow(stack.port, "unread", seconds=9):
         time.sleep(3)  # every slow connection is open and dripping
         with load(stack.port, seconds=4, path="/healthz", concurrency=4) as result:
             held = sum(port == 80 and state == "01" for port, state in stack.tcp_sockets())  # ESTABLISHED

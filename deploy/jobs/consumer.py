@@ -34,6 +34,13 @@ def import_task_modules(names: tuple[str, ...]) -> None:
             raise ConfigError(f"JOB_MODULES: cannot import {name!r}: {detail}") from error
 
 
+def count_finished_job(task: str, status: str) -> None:
+    """A job ended: counted in the metrics. prometheus-client is imported at the first end, not
+    at start: megabytes that an idle consumer need not hold (bench/README.md, "Memory")."""
+    from deploy.metrics.jobs import count_finished_job as count  # noqa: PLC0415
+    count(task, status)
+
+
 def run(settings: Settings) -> None:
     # After gevent's patching (greenlet workers): huey, the store's client, the tasks.
     from huey.consumer import Consumer  # noqa: PLC0415
@@ -47,11 +54,7 @@ def run(settings: Settings) -> None:
                                   interval=self.scheduler_interval, periodic=False)
 
     import_task_modules(settings.job_modules)
-    on_finished = None
-    if settings.metrics_port:
-        from deploy.metrics.jobs import count_finished_job  # noqa: PLC0415  (prometheus-client only when counting)
-        on_finished = count_finished_job
-    queue = JobQueue(settings, on_finished=on_finished)
+    queue = JobQueue(settings, on_finished=count_finished_job if settings.metrics_port else None)
     queue.register_tasks()
     ticks = TickClaims(queue, settings.schedule_timezone)
     scheduled = [f"{spec.name} ({spec.schedule.describe()})" for spec in queue.registry.scheduled()]

@@ -2,7 +2,7 @@
 
 The model is a numpy array of MODEL_MB megabytes (300), built when this module is imported:
 with PRELOAD_APP=true once, in gunicorn's master, else in each worker. Its inference is a
-matrix-vector product over its first 8192 x 2048 numbers (64 MB, more than the CPU's caches),
+matrix-vector product over its first 12288 x 2048 numbers (96 MB, more than the CPU's caches),
 a few milliseconds of one core, served two ways:
 
     GET /single    one product a request, in an OS thread (`in_os_thread`)
@@ -17,7 +17,7 @@ from flask import Flask, jsonify
 
 from deploy import batched, in_os_thread
 
-ROWS, COLUMNS = 8192, 2048
+ROWS, COLUMNS = 12288, 2048
 MODEL = numpy.random.default_rng(0).standard_normal(
     max(ROWS * COLUMNS, int(float(os.environ.get("MODEL_MB", "300")) * 1e6) // 4), dtype=numpy.float32)
 MATRIX = MODEL[:ROWS * COLUMNS].reshape(ROWS, COLUMNS)

@@ -69,9 +69,8 @@ def claims_day_by_day(task_options: dict, start: datetime, hours: int, step=time
     while moment < start + timedelta(hours=hours):
         state = queue.store.schedule_states().get("scheduled")
         if claims.claim(spec, state, moment.timestamp()) == "ran":
-            ran.append(datetime.fromisoformat(queue.store.schedule_states()["scheduled"].last_job and
-                                              queue.record(queue.store.schedule_states()["scheduled"].last_job)
-                                              ["scheduled_for"]))
+            run = queue.record(queue.store.schedule_states()["scheduled"].last_job)
+            ran.append(datetime.fromisoformat(run["scheduled_for"]))
         moment += step
     return ran
 

@@ -12,7 +12,15 @@ import pytest
 
 from deploy.settings import LOGS, VARIABLES
 from tests import figures
-from tests.containers import ContainerFactory, docker, docker_available, free_port, user_owned_folder, wait_until
+from tests.containers import (
+    ContainerFactory,
+    JobsClient,
+    docker,
+    docker_available,
+    free_port,
+    user_owned_folder,
+    wait_until,
+)
 from tests.support import ROOT, build_image, in_ci, redis_image, require_tool
 
 # The example's own variables (app/config.py): scrubbed like the stack's.
@@ -48,6 +56,14 @@ def app():
 def client(app):
     """Flask's test client for the app."""
     return app.test_client()
+
+
+@pytest.fixture
+def tasks_client():
+    """The job API of an app that knows tests/job_tasks.py's tasks (on SQLite, or on the storage
+    of `storage_environment` when the test uses it first)."""
+    from tests import job_tasks  # noqa: PLC0415  (the example app, imported by the tests that use it)
+    return JobsClient.of_flask(job_tasks.create_app().test_client())
 
 
 @pytest.fixture

@@ -146,6 +146,13 @@ class Container:
     def children(self, pid: int) -> set[int]:
         return {int(child) for child in self.exec("cat", f"/proc/{pid}/task/{pid}/children").stdout.split()}
 
+    def metrics(self) -> str:
+        """The stack's metrics as its exposition serves them, read inside the container (the
+        tests publish METRICS_PORT only where they ask for it)."""
+        read = ("import urllib.request; "
+                "print(urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=5).read().decode())")
+        return self.exec("python3", "-c", read).stdout
+
     def tcp_sockets(self) -> list[tuple[int, str]]:
         """(local port, state) of each TCP socket in the container: state 0A is LISTEN, 01 ESTABLISHED."""
         sockets = []
@@ -199,6 +206,15 @@ class ContainerFactory:
             if print_logs:
                 print(f"--- logs of container {container.id[:12]} ---\n{container.logs()}")
             docker("rm", "-f", "-v", container.id, check=False)
+
+
+def serving_container(image: str, request, *options: str, **start):
+    """A module fixture's one container, for the cases that leave it serving: started as
+    ContainerFactory.start starts it, removed at the end, its logs printed if a test failed."""
+    factory = ContainerFactory(image)
+    failed_before = request.session.testsfailed
+    yield factory.start(*options, **start)
+    factory.remove_all(print_logs=request.session.testsfailed > failed_before)
 
 
 # --- The job API, from a Flask test client or over HTTP ------------------------------------

@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import job_tasks
-from tests.containers import TERMINAL, JobsClient, wait_until
+from tests.containers import TERMINAL, wait_until
 
 WORKER_TYPES = ("thread", "greenlet", "process")
-
-
-@pytest.fixture
-def tasks_client():
-    return JobsClient.of_flask(job_tasks.create_app().test_client())
 
 
 def test_progress_is_in_the_record_while_the_job_runs_and_kept_after(tasks_client, consumer):

@@ -26,13 +26,6 @@ def jobs_client(client):
     return JobsClient.of_flask(client)
 
 
-@pytest.fixture
-def tasks_client():
-    """The API of an app that knows tests/job_tasks.py's tasks (on SQLite, or on the storage of
-    `storage_environment` when the test uses it first)."""
-    return JobsClient.of_flask(job_tasks.create_app().test_client())
-
-
 def test_a_job_runs_and_its_result_is_kept(client, jobs_client, consumer):
     consumer()
     response = client.post("/jobs", json={"task": "job2", "args": {"arg1": "hello", "arg2": "123", "seconds": 0.1}},

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests import figures
-from tests.containers import ContainerFactory, wait_until
+from tests.containers import serving_container, wait_until
 from tests.load import in_second_process
 from tests.support import ROOT, build_image
 
@@ -30,10 +30,8 @@ def modelservice_image(image):
 def service(modelservice_image, request):
     """One container of modelservice with two workers, freshly started: the first test sees its
     warm-up. Its logs stay inside (the tests read them there), printed if a test failed."""
-    factory = ContainerFactory(modelservice_image)
-    failed_before = request.session.testsfailed
-    yield factory.start(env={"WEB_CONCURRENCY": "2", "MODEL_WARMUP_SECONDS": str(WARMUP_SECONDS)})
-    factory.remove_all(print_logs=request.session.testsfailed > failed_before)
+    yield from serving_container(modelservice_image, request,
+                                 env={"WEB_CONCURRENCY": "2", "MODEL_WARMUP_SECONDS": str(WARMUP_SECONDS)})
 
 
 def predict(container, body: bytes):
@@ -103,8 +101,7 @@ def test_the_workers_native_libraries_start_one_thread_per_cpu_in_all(service):
 
 def batch_sizes(container) -> dict[str, float]:
     """The batch-size histogram of `classify` from the stack's metrics (port 9100, inside the container)."""
-    read = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9100/metrics').read().decode())"
-    text = container.exec("python3", "-c", read).stdout
+    text = container.metrics()
     return {f"{name}{le or ''}": float(value) for name, le, value in re.findall(
         r'^flask_stack_batch_size_(bucket|count|sum)\{function="classify"(?:,le="([\d.+Inf]+)")?\} (\S+)$', text, re.M)}
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import figures
-from tests.containers import ContainerFactory, docker, user_owned_folder, wait_until
+from tests.containers import docker, serving_container, user_owned_folder, wait_until
 from tests.load import in_second_process, slow_clients
 from tests.support import raw_request, require_tool
 
@@ -51,10 +51,7 @@ def stack_logs(tmp_path_factory):
 def stack(image, stack_logs, request):
     """One container for the cases that leave it serving. JOB_MAX_SECONDS=1 bounds the
     waits a fuzzed `seconds` can ask for."""
-    factory = ContainerFactory(image)
-    failed_before = request.session.testsfailed
-    yield factory.start(env={"JOB_MAX_SECONDS": "1"}, logs=stack_logs)
-    factory.remove_all(print_logs=request.session.testsfailed > failed_before)
+    yield from serving_container(image, request, env={"JOB_MAX_SECONDS": "1"}, logs=stack_logs)
 
 
 # --- 1, 2: reload, and workers recycled ------------------------------------------------------

@@ -43,9 +43,7 @@ def gaps(ticks: list[datetime], interval: float) -> list[tuple[datetime, datetim
 
 def schedule_metric(container, name: str, task: str) -> float:
     """A schedule metric as the container's exposition serves it (METRICS_PORT, inside)."""
-    body = container.exec("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
-                          "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())").stdout
-    match = re.search(rf'^{name}{{task="{task}"}} (\S+)$', body, re.M)
+    match = re.search(rf'^{name}{{task="{task}"}} (\S+)$', container.metrics(), re.M)
     assert match, f"{name} for {task} not in the metrics"
     return float(match[1])
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from simple_websocket import Client as WebSocketClient
 
-from tests.containers import ContainerFactory, JobsClient, user_owned_folder, wait_for_line
+from tests.containers import JobsClient, serving_container, user_owned_folder, wait_for_line
 from tests.support import ROOT, build_image
 
 MYSERVICE = ROOT / "tests" / "myservice"
@@ -33,11 +33,7 @@ def logs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(myservice_image, logs, request):
     """One container of myservice, with a data volume, for the cases that leave it serving."""
-    factory = ContainerFactory(myservice_image)
-    failed_before = request.session.testsfailed
-    container = factory.start("--tmpfs", "/var/lib/app", logs=logs)
-    yield container
-    factory.remove_all(print_logs=request.session.testsfailed > failed_before)
+    yield from serving_container(myservice_image, request, "--tmpfs", "/var/lib/app", logs=logs)
 
 
 def test_it_becomes_healthy_without_a_health_route_of_its_own(service):

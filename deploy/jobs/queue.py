@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -132,19 +133,20 @@ class JobQueue:
         for spec in self.registry.specs.values():
             self.huey_task(spec)
 
-    def message(self, spec: TaskSpec, job_id: str | None, args: dict):
-        """huey's message for a job: built directly, not with `.s(**args)`, which would take
-        arguments named id, retries... as options. It never retries: attempts are the record's."""
-        return self.huey_task(spec).task_class((), args, id=job_id, retries=0)
+    def message(self, spec: TaskSpec, job_id: str, args: dict) -> bytes:
+        """huey's message for a job, serialized: the task built directly, not with `.s(**args)`,
+        which would take arguments named id, retries... as options. It never retries: attempts
+        are the record's."""
+        return self.huey.serialize_task(self.huey_task(spec).task_class((), args, id=job_id, retries=0))
 
     def new_record(self, spec: TaskSpec, args: dict, now: float, status: str, **fields) -> tuple[dict, bytes]:
         """A new job's record and huey's message for it."""
-        message = self.message(spec, None, args)
-        record = {"id": message.id, "task": spec.name, "args": args, "status": status, "attempt": 1,
+        job_id = str(uuid.uuid4())  # as huey names its tasks
+        record = {"id": job_id, "task": spec.name, "args": args, "status": status, "attempt": 1,
                   "created_at": iso(now), "started_at": None, "finished_at": None, "run_at": None,
                   "scheduled_for": None, "progress": None, "result": None, "error": None, "worker": None,
                   "request_id": None, "cancel_requested_at": None, **fields}
-        return record, self.huey.serialize_task(message)
+        return record, self.message(spec, job_id, args)
 
     # --- the web side ----------------------------------------------------------------
     def record(self, job_id: str) -> dict | None:
@@ -192,7 +194,7 @@ class JobQueue:
         spec = self.registry.specs.get(record["task"])
         if spec is None:
             raise JobNotRetryable(f"job {job_id}'s task {record['task']!r} is not registered in this app")
-        message = self.huey.serialize_task(self.message(spec, job_id, record["args"]))
+        message = self.message(spec, job_id, record["args"])
         change = self.store.change(job_id, ("failed", "interrupted", "canceled"), lambda found: {
             "status": "queued", "attempt": found["attempt"] + 1, "started_at": None, "finished_at": None,
             "result": None, "error": None, "progress": None, "worker": None, "cancel_requested_at": None},
@@ -335,7 +337,7 @@ class JobQueue:
         else:
             delay = spec.retry_delay_after(attempt)
             run_at = self.store.now() + delay if delay else None
-            message = None if run_at else self.huey.serialize_task(self.message(spec, job_id, record["args"]))
+            message = None if run_at else self.message(spec, job_id, record["args"])
             change = self.store.change(job_id, (from_status,), {
                 "status": "scheduled" if run_at else "queued", "attempt": attempt + 1, "run_at": iso(run_at) if run_at
                 else None, "error": f"attempt {attempt}: {error}", "progress": progress, "started_at": None,
@@ -373,7 +375,7 @@ class JobQueue:
             if spec is None:
                 self.unknown_task(record["id"], record["task"], from_status="scheduled")
                 continue
-            message = self.huey.serialize_task(self.message(spec, record["id"], record["args"]))
+            message = self.message(spec, record["id"], record["args"])
             change = self.store.change(record["id"], ("scheduled",), {"status": "queued"}, message=message)
             if change.changed:
                 started.append(record["id"])

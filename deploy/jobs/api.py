@@ -31,7 +31,6 @@ from deploy.jobs.queue import JobNotCancelable, JobNotRetryable, QueueFull
 from deploy.jobs.registry import InvalidJob
 from deploy.jobs.store import FINAL, STATUSES, Idempotency, fingerprint
 from deploy.settings import Settings
-from deploy.threads import size_thread_pool
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -50,8 +49,7 @@ bp.register_error_handler(HTTPException, json_error)
 def init_app(app: Flask, settings: Settings | None = None) -> None:
     """Add the /jobs API, its dashboard and the stack's state to `app`; `settings` default to
     the validated environment."""
-    extension = stack_extension(app, settings)
-    size_thread_pool(extension.settings.cpu_threads)
+    stack_extension(app, settings)
     app.register_blueprint(bp)
     app.register_blueprint(dashboard.bp)
 

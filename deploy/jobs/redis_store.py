@@ -193,18 +193,21 @@ class RedisStore:
     def delete_expired(self, now: float) -> int:
         ids = [job_id.decode() for job_id in self.conn.zrangebyscore(self.key("expires"), "-inf", now, start=0,
                                                                       num=DELETE_BATCH)]
-        deleted = 0
+        if not ids:
+            return 0
+        reads = self.conn.pipeline(transaction=False)
         for job_id in ids:
-            fields = self.conn.hmget(self.key("record", job_id), ["status", "task"])
-            pipe = self.conn.pipeline()
+            reads.hmget(self.key("record", job_id), ["status", "task"])
+        deleted, pipe = 0, self.conn.pipeline()
+        for job_id, (status, task) in zip(ids, reads.execute(), strict=True):
             pipe.delete(self.key("record", job_id))
             pipe.zrem(self.key("expires"), job_id)
             pipe.zrem(self.key("all"), job_id)
-            if fields[0] is not None:
-                pipe.zrem(self.key("status", fields[0].decode()), job_id)
-                pipe.zrem(self.key("task", fields[1].decode()), job_id)
+            if status is not None:
+                pipe.zrem(self.key("status", status.decode()), job_id)
+                pipe.zrem(self.key("task", task.decode()), job_id)
                 deleted += 1
-            pipe.execute()
+        pipe.execute()
         return deleted
 
     def live_counts(self) -> dict[tuple[str, str], int]:

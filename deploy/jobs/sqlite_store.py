@@ -208,7 +208,8 @@ class SqliteStore:
 
     def claim_tick(self, tick: Tick) -> str:
         """Move the task's last tick to `tick.tick`, if no consumer did since `tick.previous`:
-        "ran" (the run inserted and queued), "skipped" (a run of it is still live) or "lost"."""
+        "ran" (the run inserted and queued), "skipped" (a run of it is still live), "moved" (no
+        run asked: only the last tick moved) or "lost"."""
         with self.storage.db(commit=True) as cursor:
             row = cursor.execute("select last_tick from job_schedules where task = ?", (tick.task,)).fetchone()
             if (row[0] if row else None) != tick.previous:

@@ -200,6 +200,24 @@ def test_hundreds_of_slow_requests_are_served_at_once(containers):
                          f"served one after another they take {count} s")
 
 
+def test_cpu_threads_bounds_the_os_threads_of_cpu_heavy_requests(containers):
+    """CPU_THREADS sizes each worker's pool of OS threads (gunicorn_config's post_worker_init):
+    eight CPU-heavy requests at once (in_os_thread) run in two threads, not eight."""
+    container = containers.start(env={"WEB_CONCURRENCY": "1", "CPU_THREADS": "2"})
+    [worker] = container.children(container.pid_of("gunicorn"))
+
+    def threads() -> int:
+        return len(container.exec("ls", f"/proc/{worker}/task").stdout.split())
+    idle = peak = threads()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = [pool.submit(container.get, "/cpu?rounds=3000000", timeout=60) for _ in range(8)]
+        while not all(answer.done() for answer in answers):
+            peak = max(peak, threads())
+            time.sleep(0.1)
+    assert [answer.result().status for answer in answers] == [200] * 8
+    assert peak - idle == 2, f"the worker ran {peak - idle} more threads under the load, not CPU_THREADS=2"
+
+
 def test_docker_marks_the_container_healthy(containers):
     # Web: GET /healthz through nginx. Worker only: supervisord reports the consumer RUNNING.
     web = containers.start()

@@ -68,8 +68,8 @@ def test_bad_seconds_is_a_json_400(client, seconds):
 def test_background_job_answers_at_once_and_logs_start_and_end(client, caplog):
     caplog.set_level("INFO")
     started = time.monotonic()
-    response = client.get("/job?seconds=0.3")
-    assert time.monotonic() - started < 0.25
+    response = client.get("/job?seconds=1.5")
+    assert time.monotonic() - started < 1, "the answer waited for the background tasks"
     assert response.status_code == 202
     assert response.json == {"started": ["job1", "job2"]}
     deadline = time.monotonic() + 5

@@ -196,7 +196,7 @@ def test_hundreds_of_slow_requests_are_served_at_once(containers):
         elapsed = time.monotonic() - started
     print(f"{count} concurrent 1-s requests through nginx: {elapsed:.2f} s")
     assert statuses == [200] * count
-    assert elapsed < 3, (f"{count} concurrent 1-s requests took {elapsed:.2f} s; "
+    assert elapsed < 10, (f"{count} concurrent 1-s requests took {elapsed:.2f} s; "
                          f"served one after another they take {count} s")
 
 

@@ -63,7 +63,7 @@ def test_healthz_keeps_answering_while_cpu_work_saturates_every_worker(container
 
     def keep_computing():
         while not stop.is_set():
-            assert container.get("/cpu?rounds=300000", timeout=30).status == 200
+            assert container.get("/cpu?rounds=2000000", timeout=30).status == 200
 
     latencies = []
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -81,7 +81,7 @@ def test_healthz_keeps_answering_while_cpu_work_saturates_every_worker(container
     p99 = statistics.quantiles(latencies, n=100)[98]
     print(f"GET /healthz while /cpu saturates 2 workers: {len(latencies)} requests, "
           f"p50 {statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
-    assert p99 < 0.5, f"p99 {p99:.3f} s: the event loop was blocked"
+    assert p99 < 1.0, f"p99 {p99:.3f} s: the event loop was blocked"  # blocked: about a /cpu call, 1.5 s
 
 
 def test_two_web_containers_and_a_worker_share_one_redis_queue(containers, redis_network, tmp_path):

@@ -114,7 +114,7 @@ def test_both_writes_the_files_and_stdout(containers, log_dir):
     line = wait_for_line(log_dir / "nginx/access.log", rid)
     wait_until(lambda: f"nginx.access {line}" in container.logs(), 5, "nginx's line on docker logs, marked")
     app_line = wait_for_line(log_dir / "gunicorn/access.log", rid)
-    assert f"gunicorn.access {app_line}" in container.logs()
+    wait_until(lambda: f"gunicorn.access {app_line}" in container.logs(), 5, "gunicorn's line on docker logs, marked")
 
 
 @pytest.mark.parametrize("name, value, accepted", [

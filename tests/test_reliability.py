@@ -166,9 +166,11 @@ def test_rotation_under_load_loses_no_line(stack, stack_logs):
             time.sleep(2)
             stack.exec("rotate-logs")
     assert not result.failures, result.summary()
-    time.sleep(1)  # gunicorn writes its access line after the response
     for program in ("nginx", "gunicorn"):
-        counts = lines_with(stack_logs / program, marker)
+        def every_line(folder: Path = stack_logs / program) -> dict[str, int] | bool:
+            counts = lines_with(folder, marker)  # gunicorn writes its access line after the response
+            return sum(counts.values()) >= result.sent and counts
+        counts = wait_until(every_line, 10, f"{program}: a line for each request")
         assert sum(counts.values()) == result.sent, f"{program}: {counts}, {result.sent} requests sent"
         # Written before, between and after the two rotations: three files hold lines.
         assert all(counts.get(name) for name in ("access.log", "access.log.1", "access.log.2")), counts
@@ -191,8 +193,8 @@ def test_logs_rotate_by_size_and_keep_the_count(containers, log_dir):
         wait_until(lambda: access_log.exists() and access_log.stat().st_size, 5, "a line in access.log")
         container.exec("rotate-logs")
     # LOG_ROTATE_KEEP=2: the oldest went; nginx reopened a new access.log.
-    assert sorted(path.name for path in (log_dir / "nginx").glob("access.log*")) == \
-        ["access.log", "access.log.1", "access.log.2"]
+    wait_until(lambda: sorted(path.name for path in (log_dir / "nginx").glob("access.log*")) ==
+               ["access.log", "access.log.1", "access.log.2"], 5, "access.log, .1 and .2 only")
 
 
 # --- 4: kill -9 ------------------------------------------------------------------------------
@@ -417,15 +419,15 @@ def container_rss_mib(container) -> float:
 
 
 def hammer(port: int, requests: int) -> int:
-    """`ab`: `requests` requests, 32 at a time on keep-alive connections, within 150 s. Returns
-    the failed ones."""
+    """`ab`: `requests` requests, 32 at a time on keep-alive connections, within 400 s (a
+    guard against a hang, not a speed target). Returns the failed ones."""
     require_tool("ab", "apache2-utils")
     output = subprocess.run(
-        ["ab", "-q", "-k", "-c", "32", "-t", "150", "-n", str(requests),
+        ["ab", "-q", "-k", "-c", "32", "-t", "400", "-n", str(requests),
          f"http://127.0.0.1:{port}/job2?arg1=a&arg2=b&seconds=0"],
-        capture_output=True, text=True, timeout=200, check=True).stdout
+        capture_output=True, text=True, timeout=450, check=True).stdout
     complete = int(re.search(r"Complete requests:\s+(\d+)", output)[1])
-    assert complete == requests, f"ab sent {complete} of {requests} requests in 150 s:\n{output}"
+    assert complete == requests, f"ab sent {complete} of {requests} requests in 400 s:\n{output}"
     failed = re.search(r"Non-2xx responses:\s+(\d+)", output)
     return int(re.search(r"Failed requests:\s+(\d+)", output)[1]) + (int(failed[1]) if failed else 0)
 
@@ -479,7 +481,9 @@ def test_one_client_past_its_share_of_connections_is_refused_while_others_are_se
 def test_a_client_past_its_request_rate_is_refused_and_others_are_not(containers):
     peer = containers.start().get("/ip").json()["client_ip"]
     container = containers.start(env={"TRUSTED_PROXIES": peer, "CLIENT_RATE_LIMIT": "5/s"})
-    fast = Counter(container.get("/", headers={"X-Forwarded-For": "203.0.113.1"}).status for _ in range(40))
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        fast = Counter(pool.map(lambda _: container.get("/", headers={"X-Forwarded-For": "203.0.113.1"}).status,
+                                range(40)))
     other = container.get("/", headers={"X-Forwarded-For": "203.0.113.2"})
     assert fast[429] >= 20 and fast[200] >= 5, fast
     assert other.status == 200

@@ -75,7 +75,7 @@ def seconds(value: str) -> int:
 
 
 def test_stop_grace_periods_cover_the_drain_and_the_graceful_stop():
-    """The README's rule: Docker's SIGKILL never cuts a drain or a graceful stop short. A web
+    """The rule of docs/orchestrators.md: Docker's SIGKILL never cuts a drain or a graceful stop short. A web
     replica drains, then nginx and gunicorn stop one after the other, each within
     GRACEFUL_TIMEOUT; a worker's consumer gets GRACEFUL_TIMEOUT. Plus a margin of 5 s."""
     services = yaml.safe_load(STACK_FILE.read_text())["services"]

@@ -10,7 +10,9 @@ consumers share the store, with no leader: each consumer, each second, computes 
 due ticks from the last tick claimed (the store's, shared) and claims the latest in one
 transaction that moves the last tick only if no consumer moved it since. The winner's
 transaction also inserts the run's record and huey's message. So a tick is run once, and
-losing a consumer delays no tick by more than a second or two: the others claim it.
+losing a consumer delays no tick by more than a second or two: the others claim it. Each turn
+begins just after a whole second of the store's clock, so that a tick is claimed as soon as it
+is due.
 
 - Overlap: while a run of the task is scheduled, queued or running, a tick is skipped,
   counted and logged, unless the task has `overlap=True`.
@@ -34,6 +36,7 @@ from deploy.jobs.ticks import zone_named
 
 log = logging.getLogger("deploy.jobs.consumer")
 RECORD_CLEANUP_EVERY = 60  # seconds between two deletions of expired records
+TURN_AFTER_SECOND = 0.05  # each turn begins this long after a whole second of the store's clock
 MISSED_COUNTED = 100_000  # missed ticks counted one by one after a downtime, at most
 
 
@@ -44,6 +47,7 @@ class TickClaims:
         self.queue = queue
         self.zone = zone_named(timezone)
         self._next = {}  # task -> (its last tick, the tick after it): computed once per tick
+        self.clock_offset = 0.0  # the store's clock less this host's, as last seen
 
     def claim_due(self) -> None:
         specs = self.queue.registry.scheduled()
@@ -51,6 +55,7 @@ class TickClaims:
             return
         states = self.queue.store.schedule_states()
         now = self.queue.store.now()
+        self.clock_offset = now - time.time()
         for spec in specs:
             self.claim(spec, states.get(spec.name), now)
 
@@ -124,3 +129,11 @@ class StackScheduler(Scheduler):
         except Exception:  # the store is unreachable for now: the next turn tries again
             log.exception("could not check the job records")
         super().loop(now)
+
+    def sleep_for_interval(self, start_ts, nseconds):
+        """Until just after the next whole second of the store's clock, where every tick falls,
+        rather than huey's one second after this turn began, at the phase of the consumer's start:
+        a tick is claimed as soon as it is due, and a turn late by up to almost a second still
+        finds it the latest due (with `every=1`, a turn that found two would count one missed)."""
+        phase = (time.time() + self.ticks.clock_offset) % 1
+        self.stop_flag.wait((TURN_AFTER_SECOND - phase) % 1)

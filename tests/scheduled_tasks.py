@@ -8,7 +8,7 @@ from flask import Flask
 from deploy import init_app, task
 
 
-@task(every=2)  # not 1: a scheduler loop a few ms late would then miss a tick, by the grace rule
+@task(every=2)  # not 1: a turn a second late (a loaded machine) would then count a tick missed
 def every_2s() -> float:
     return time.time()
 
